@@ -1,0 +1,216 @@
+package policy
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Verdict is what Balise does with a connection or a query.
+type Verdict uint8
+
+const (
+	// Allow lets the client reach the host.
+	Allow Verdict = iota
+	// Block stops the client from reaching the host.
+	Block
+)
+
+// String returns "allow" or "block".
+func (v Verdict) String() string {
+	if v == Block {
+		return "block"
+	}
+	return "allow"
+}
+
+// Reason says which part of the policy produced a Decision.
+type Reason uint8
+
+const (
+	// ReasonUnlisted: the host is in no list; Balise does not touch it.
+	ReasonUnlisted Reason = iota
+	// ReasonRule: a [[rule]] matched and decided.
+	ReasonRule
+	// ReasonDefault: the host is listed and no rule matched; default_action applied.
+	ReasonDefault
+	// ReasonGrant: an approved exception grant allowed the host.
+	ReasonGrant
+	// ReasonCanary: a browser/OS canary name (DoH canary, iCloud Private Relay).
+	ReasonCanary
+	// ReasonAllowList: the host is in a local allow list ([[list]] allow = true)
+	// or is a per-service exception of the catalog.
+	ReasonAllowList
+
+	numReasons
+)
+
+var reasonNames = [numReasons]string{"unlisted", "rule", "default", "grant", "canary", "allowlist"}
+
+// String returns the reason's stable name, as used in logs, metrics and JSON.
+func (r Reason) String() string {
+	if r < numReasons {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// Reasons lists every reason, in order, so that front-ends can create their
+// metric series up front.
+func Reasons() []Reason {
+	out := make([]Reason, numReasons)
+	for i := range out {
+		out[i] = Reason(i)
+	}
+	return out
+}
+
+// Query is one question to the engine: may this client, at this instant,
+// reach this host?
+type Query struct {
+	// Host is the name as the client sent it: any case, an optional trailing
+	// dot, Unicode or punycode, or an IP literal (v4, v6, bracketed v6).
+	// Decide normalizes it itself.
+	Host string
+	// Client is the client's address. IPv4-mapped IPv6 addresses are
+	// treated as IPv4. The zero Addr belongs to no network group.
+	Client netip.Addr
+	// User is the authenticated user name, when a directory source knows it.
+	// Empty: rules and grants that need a user do not match.
+	User string
+	// Groups are the user's directory groups. Nil: only network groups apply.
+	Groups []string
+	// Time is the instant of the question. The engine never reads a clock.
+	Time time.Time
+	// CNAMETarget marks a name seen as a CNAME target in an upstream answer
+	// chain. Only then do the catalog's cname_targets entries classify.
+	CNAMETarget bool
+}
+
+// Decision is the engine's answer.
+type Decision struct {
+	Verdict Verdict
+	Reason  Reason
+	// Service is the listed service's id ("" for unlisted hosts).
+	Service string
+	// ServiceName is the service's display name ("" for unlisted hosts).
+	ServiceName string
+	// Category is the service's category ("" for unlisted hosts).
+	Category string
+	// Rule is the name of the rule that decided ("" unless Reason is ReasonRule).
+	Rule string
+	// Grant is the id of the grant that allowed ("" unless Reason is ReasonGrant).
+	Grant string
+	// Until is the earliest instant at which the decision for this client
+	// and host could change (next edge of a relevant window, grant start or
+	// end), bounded by Spec.MaxUntil after Query.Time. Zero for unlisted
+	// hosts and invalid names: they never change with time.
+	Until time.Time
+	// Invalid is true when Host is not a valid host name nor an IP literal.
+	// Such a decision is Allow/ReasonUnlisted: front-ends reject the name
+	// with their own protocol error.
+	Invalid bool
+	// IP is true when Host is an IP literal.
+	IP bool
+}
+
+// Listed reports whether the host belongs to a listed service.
+func (d Decision) Listed() bool { return d.Service != "" }
+
+// Service is a listed social-media service (or a [[list]] of the config).
+type Service struct {
+	// ID is the stable identifier used in rules, grants, logs and metrics.
+	ID string
+	// Name is the display name shown on the block page. Empty: ID.
+	Name string
+	// Category is one of the configured categories; rules match on it.
+	Category string
+	// Domains are blocked with every subdomain (label boundary).
+	Domains []string
+	// Exceptions are hosts (with their subdomains) under Domains that stay
+	// reachable for everyone: they classify as ReasonAllowList.
+	Exceptions []string
+	// CNAMETargets classify only for queries with CNAMETarget set.
+	CNAMETargets []string
+}
+
+// Group is a set of clients, by network and/or directory group.
+type Group struct {
+	Name string
+	// Networks are CIDR prefixes (v4 and v6); a client inside any of them
+	// belongs to the group.
+	Networks []netip.Prefix
+	// DirectoryGroups are directory group names; a query whose Groups
+	// contain one of them belongs to the group.
+	DirectoryGroups []string
+	// Users are user names that belong to the group.
+	Users []string
+}
+
+// Schedule is a named set of weekly windows.
+type Schedule struct {
+	Name    string
+	Windows []Window
+}
+
+// Window is a weekly time window in the policy's zone. See ParseWindow.
+type Window struct {
+	// Days is a bit set of the days the window starts on: bit time.Sunday
+	// (0) through time.Saturday (6).
+	Days uint8
+	// Start and End are offsets from local midnight. End <= Start means
+	// the window crosses midnight and ends the next day.
+	Start, End time.Duration
+}
+
+// Rule is one ordered policy rule; the first that matches decides.
+type Rule struct {
+	Name string
+	// Groups the rule applies to; "*" is everyone. Empty: everyone.
+	Groups []string
+	// Services (ids) and Categories the rule applies to; "*" is every
+	// listed service. When both are empty the rule matches every service.
+	Services   []string
+	Categories []string
+	// During are schedule names; the rule matches only inside one of their
+	// windows. Empty: always.
+	During []string
+	Action Verdict
+}
+
+// Grant is an approved exception: it allows its subject to reach its
+// services between NotBefore and NotAfter, before any rule.
+type Grant struct {
+	// ID identifies the grant in decisions and logs (the request id).
+	ID string
+	// Subject is a client address or prefix. Invalid (zero) when the
+	// grant is for a user.
+	Subject netip.Prefix
+	// User is the subject when the grant is for a user ("" otherwise).
+	User string
+	// Services are service ids; "*" is every service.
+	Services []string
+	// NotBefore and NotAfter bound the grant: it applies in
+	// [NotBefore, NotAfter). A zero NotBefore means "from the start".
+	NotBefore, NotAfter time.Time
+}
+
+// Spec is everything the engine is compiled from. The config package
+// builds it from TOML; tests build it directly.
+type Spec struct {
+	// Location is the zone windows are read in. Nil: UTC.
+	Location *time.Location
+	// DefaultAction applies to listed hosts when no rule matched.
+	DefaultAction Verdict
+	// Services are the listed services: the catalog's and the config's lists.
+	Services []Service
+	// AllowHosts always pass, with their subdomains (local allow lists).
+	AllowHosts []string
+	// Canaries are names blocked for everyone with ReasonCanary (browser
+	// DoH canary, iCloud Private Relay). Nil: none.
+	Canaries  []string
+	Groups    []Group
+	Schedules []Schedule
+	Rules     []Rule
+	// MaxUntil bounds Decision.Until after Query.Time. Zero: 24 hours.
+	MaxUntil time.Duration
+}
