@@ -102,8 +102,10 @@ type Decision struct {
 	Grant string
 	// Until is the earliest instant at which the decision for this client
 	// and host could change (next edge of a relevant window, grant start or
-	// end), bounded by Spec.MaxUntil after Query.Time. Zero for unlisted
-	// hosts and invalid names: they never change with time.
+	// end), bounded by Spec.MaxUntil after Query.Time; always after
+	// Query.Time when set. Zero for unlisted hosts, invalid names, IP
+	// literals, allow-list and canary decisions: they never change with
+	// time.
 	Until time.Time
 	// Invalid is true when Host is not a valid host name nor an IP literal.
 	// Such a decision is Allow/ReasonUnlisted: front-ends reject the name
@@ -202,7 +204,12 @@ type Spec struct {
 	// DefaultAction applies to listed hosts when no rule matched.
 	DefaultAction Verdict
 	// Services are the listed services: the catalog's and the config's lists.
+	// When two services list the same name, the earlier one classifies it.
 	Services []Service
+	// Categories are the category names rules may use, in addition to
+	// those of Services (a category with no service is valid). Nil: only
+	// the services' categories.
+	Categories []string
 	// AllowHosts always pass, with their subdomains (local allow lists).
 	AllowHosts []string
 	// Canaries are names blocked for everyone with ReasonCanary (browser

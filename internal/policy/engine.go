@@ -1,48 +1,263 @@
 package policy
 
-import "time"
+import (
+	"fmt"
+	"slices"
+	"time"
+)
 
 // Policy is a compiled policy. The zero value is not usable; see New.
+// A Policy is immutable and safe for concurrent use.
 type Policy struct {
-	// implementation: see the engine issue
+	c *compiled
+	g *grantIndex
 }
-
-// New compiles spec. It reports the first inconsistency it finds (an
-// unknown group, schedule, service or category in a rule, an invalid
-// domain); the config package validates beforehand and reports every
-// problem with its position.
-func New(spec Spec) (*Policy, error) { panic("unimplemented") }
 
 // WithGrants returns a policy identical to p whose grant snapshot is g. It
 // shares p's compiled matcher and does not recompile anything. Grants whose
-// services are unknown are ignored.
-func (p *Policy) WithGrants(g []Grant) *Policy { panic("unimplemented") }
+// services are unknown are ignored, as are grants with neither subject
+// nor user, and grants whose NotAfter is zero or not after NotBefore.
+func (p *Policy) WithGrants(g []Grant) *Policy {
+	return &Policy{c: p.c, g: p.c.indexGrants(g)}
+}
 
 // Grants returns the grant snapshot (do not modify it).
-func (p *Policy) Grants() []Grant { panic("unimplemented") }
-
-// Decide answers q. It never allocates for ASCII host names.
-func (p *Policy) Decide(q Query) Decision { panic("unimplemented") }
+func (p *Policy) Grants() []Grant { return p.g.src }
 
 // Location returns the zone the policy's windows are read in.
-func (p *Policy) Location() *time.Location { panic("unimplemented") }
+func (p *Policy) Location() *time.Location { return p.c.loc }
 
-// DomainCount returns the number of listed domain entries compiled.
-func (p *Policy) DomainCount() int { panic("unimplemented") }
+// DomainCount returns the number of listed domain entries compiled: the
+// distinct names of every service's Domains and CNAMETargets.
+func (p *Policy) DomainCount() int { return p.c.entries }
 
 // ServiceIDs returns the ids of every listed service, sorted.
-func (p *Policy) ServiceIDs() []string { panic("unimplemented") }
+func (p *Policy) ServiceIDs() []string {
+	ids := make([]string, len(p.c.services))
+	for i := range p.c.services {
+		ids[i] = p.c.services[i].ID
+	}
+	slices.Sort(ids)
+	return ids
+}
 
-// LookupService returns the service with this id.
-func (p *Policy) LookupService(id string) (Service, bool) { panic("unimplemented") }
+// LookupService returns the service with this id. Name is the display
+// name (the id when the spec gave none). Domains is nil: the compiled
+// matcher keeps fingerprints, not names (see ServiceDomainCount).
+func (p *Policy) LookupService(id string) (Service, bool) {
+	i, ok := p.c.byID[id]
+	if !ok {
+		return Service{}, false
+	}
+	return p.c.services[i].Service, true
+}
 
-// NormalizeHost returns the canonical form of a host name: lower case, one
-// trailing dot removed, IDN converted to punycode; IP literals (bracketed
-// or not) come back as netip's canonical text. It rejects invalid names.
-func NormalizeHost(host string) (string, error) { panic("unimplemented") }
+// ServiceDomainCount returns how many Domains the spec gave the service
+// with this id (0 for an unknown id).
+func (p *Policy) ServiceDomainCount(id string) int {
+	if i, ok := p.c.byID[id]; ok {
+		return p.c.services[i].domains
+	}
+	return 0
+}
 
-// ParseWindow parses "DAYS HH:MM[:SS]-HH:MM[:SS]". DAYS is a day
-// ("mon"), a range ("mon-fri", "fri-mon" wraps), a comma list of those
-// ("mon,wed,fri-sat"), or "*" / "daily" for every day. An end at or before
-// the start crosses midnight; "24:00" is accepted as an end.
-func ParseWindow(s string) (Window, error) { panic("unimplemented") }
+// Categories returns the policy's categories: Spec.Categories, then those
+// of services not already in it, in order of appearance.
+func (p *Policy) Categories() []string { return slices.Clone(p.c.categories) }
+
+// GroupsOf returns the names of the groups the client of q belongs to (by
+// network, user or directory group), in definition order. For
+// explanations; Decide does not allocate it.
+func (p *Policy) GroupsOf(q Query) []string {
+	m := p.c.clientMask(q.Client.Unmap().WithZone(""), q.User, q.Groups)
+	var out []string
+	for i, name := range p.c.groupNames {
+		if m&(1<<i) != 0 {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// Decide answers q. It never allocates for ASCII host names.
+//
+// Classification of the normalized host, in this order:
+//  1. an IP literal or an invalid name: Allow, ReasonUnlisted (IP or
+//     Invalid set); the front-ends apply their own rules to those.
+//  2. the host or one of its parent domains is in Spec.AllowHosts or is a
+//     service's Exceptions entry: Allow, ReasonAllowList, whatever else
+//     lists it. Service is the service of the exception, else the service
+//     listing the host (so logs can say which service was let through),
+//     else empty.
+//  3. the host or a parent is a canary: Block, ReasonCanary for everyone
+//     (Service filled when a service also lists the host).
+//  4. the longest listed suffix on a label boundary names the service
+//     (cname_targets count only when q.CNAMETarget); none: Allow,
+//     ReasonUnlisted, without looking at rules or grants.
+//  5. an active grant for the client or user and the service: Allow,
+//     ReasonGrant.
+//  6. the first rule that applies to the client's groups and the service
+//     and is inside one of its During windows: its action, ReasonRule.
+//  7. else the default action, ReasonDefault.
+//
+// Until is set for steps 5 to 7 only (the others never change with time):
+// the first instant after q.Time at which Verdict, Reason, Rule or Grant
+// would differ for this client and host, considering window edges (with
+// DST), grant starts and ends, at most Spec.MaxUntil after q.Time.
+func (p *Policy) Decide(q Query) Decision {
+	c := p.c
+	var buf [nameBufLen]byte
+	n, kind, _ := normalizeASCII(&buf, q.Host)
+	switch kind {
+	case hostIP:
+		return Decision{IP: true}
+	case hostInvalid:
+		return Decision{Invalid: true}
+	case hostNonASCII:
+		a, err := NormalizeHost(q.Host)
+		if err != nil {
+			return Decision{Invalid: true}
+		}
+		n, _, _ = normalizeASCII(&buf, a)
+	}
+	svc, except, allow, canary := c.classify(&buf, n, q.CNAMETarget)
+	var d Decision
+	switch {
+	case allow || except >= 0:
+		if except >= 0 {
+			svc = except
+		}
+		c.fillService(&d, svc)
+		d.Reason = ReasonAllowList
+		return d
+	case canary:
+		c.fillService(&d, svc)
+		d.Verdict, d.Reason = Block, ReasonCanary
+		return d
+	case svc < 0:
+		return d
+	}
+	c.fillService(&d, svc)
+	s := int(svc)
+	u := instant(q.Time)
+	limit := addSat(u, c.maxUntil)
+	client := q.Client.Unmap().WithZone("")
+	gi, until := p.g.decide(s, client, q.User, u, limit)
+	if gi >= 0 {
+		d.Verdict, d.Reason, d.Grant = Allow, ReasonGrant, p.g.gs[gi].id
+		d.Until = q.Time.Add(time.Duration(until - u))
+		return d
+	}
+	limit = until
+	mask := c.clientMask(client, q.User, q.Groups)
+	k := c.firstRule(u, s, mask)
+	if k < len(c.rules) {
+		d.Verdict, d.Reason, d.Rule = c.rules[k].action, ReasonRule, c.rules[k].name
+	} else {
+		d.Verdict, d.Reason = c.defaultAction, ReasonDefault
+	}
+	until = c.ruleChange(u, limit, s, mask, k)
+	d.Until = q.Time.Add(time.Duration(until - u))
+	return d
+}
+
+// fillService sets d's service fields for service index svc (none when
+// svc < 0).
+func (c *compiled) fillService(d *Decision, svc int32) {
+	if svc < 0 {
+		return
+	}
+	s := &c.services[svc]
+	d.Service, d.ServiceName, d.Category = s.ID, s.Name, s.Category
+}
+
+// classify walks the suffixes of the normalized name buf[:n] from the
+// shortest and returns the service of the longest listed one (or -1), the
+// service of an exception among them (or -1), and whether one is in the
+// allow list or is a canary. It stops at the first suffix that is not in
+// the table or has nothing listed below it: usually after the
+// registrable domain, with one lookup in cache (the top-level domain) and
+// one that is not.
+func (c *compiled) classify(buf *[nameBufLen]byte, n int, cname bool) (svc, except int32, allow, canary bool) {
+	svc, except = noService, noService
+	h := uint64(hashSeed)
+	for e := n; e > 0; {
+		s := e - 1
+		for s >= 0 && buf[s] != '.' {
+			s--
+		}
+		h = extendHash(h, buf, s+1, e)
+		vi, ok := c.m.lookup(h)
+		if !ok {
+			break
+		}
+		v := &c.values[vi]
+		if v.listed >= 0 {
+			svc = v.listed
+		} else if cname && v.cname >= 0 {
+			svc = v.cname
+		}
+		if v.except >= 0 {
+			except = v.except
+		}
+		allow = allow || v.allow
+		canary = canary || v.canary
+		if !v.parent {
+			break
+		}
+		e = s
+	}
+	return svc, except, allow, canary
+}
+
+// Instants are nanoseconds since the Unix epoch, clamped to what an int64
+// holds with room for additions (years 1685 to 2255).
+const (
+	maxInstantSec = 9_000_000_000
+	minInstant    = -maxInstantSec * nsPerSec
+	maxInstant    = maxInstantSec * nsPerSec
+)
+
+// instant converts t to nanoseconds since the Unix epoch, clamped.
+func instant(t time.Time) int64 {
+	s := t.Unix()
+	switch {
+	case s <= -maxInstantSec:
+		return minInstant
+	case s >= maxInstantSec:
+		return maxInstant
+	}
+	return s*nsPerSec + int64(t.Nanosecond())
+}
+
+// addSat adds d >= 0 to u, saturating at maxInstant.
+func addSat(u, d int64) int64 {
+	if d > maxInstant-u {
+		return maxInstant
+	}
+	return u + d
+}
+
+// String describes d for logs and test failures.
+func (d Decision) String() string {
+	s := fmt.Sprintf("%v/%v", d.Verdict, d.Reason)
+	if d.Service != "" {
+		s += " service=" + d.Service
+	}
+	if d.Rule != "" {
+		s += " rule=" + d.Rule
+	}
+	if d.Grant != "" {
+		s += " grant=" + d.Grant
+	}
+	if !d.Until.IsZero() {
+		s += " until=" + d.Until.Format(time.RFC3339Nano)
+	}
+	if d.Invalid {
+		s += " invalid"
+	}
+	if d.IP {
+		s += " ip"
+	}
+	return s
+}

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/balise-net/balise/config"
+	"github.com/balise-net/balise/internal/policy"
+)
+
+// runCheck runs `balise check --config FILE`: it loads, validates and
+// compiles the configuration without opening a socket nor creating a
+// file, prints a short summary and exits 0, or prints one line per problem
+// on stderr and exits 1.
+func runCheck(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("check", stderr)
+	path := fs.String("config", "", "configuration `FILE` to check (required)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: balise check --config FILE")
+		fs.PrintDefaults()
+	}
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if *path == "" {
+		fmt.Fprintln(stderr, "balise check: --config is required")
+		fs.Usage()
+		return exitUsage
+	}
+	cfg, p, err := loadAndCompile(*path)
+	if err != nil {
+		printProblems(stderr, *path, err)
+		return exitInvalid
+	}
+	printSummary(stdout, cfg, p)
+	return exitOK
+}
+
+// loadAndCompile loads the configuration at path and compiles its policy.
+func loadAndCompile(path string) (*config.Config, *policy.Policy, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := cfg.Compile()
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, p, nil
+}
+
+// printProblems writes err as one line per problem: config.Problems as
+// their own lines, any other error as "FILE: message".
+func printProblems(w io.Writer, path string, err error) {
+	var ps config.Problems
+	if errors.As(err, &ps) {
+		for _, p := range ps {
+			fmt.Fprintln(w, p.String())
+		}
+		return
+	}
+	if path == "" {
+		path = "(default)"
+	}
+	fmt.Fprintf(w, "%s: %v\n", path, err)
+}
+
+// printSummary writes what the configuration holds.
+func printSummary(w io.Writer, cfg *config.Config, p *policy.Policy) {
+	name := cfg.Path
+	if name == "" {
+		name = "(default)"
+	}
+	fmt.Fprintf(w, "%s: ok\n", name)
+	fmt.Fprintf(w, "  timezone   %s, default_action %s\n", cfg.Timezone, cfg.DefaultAction)
+	catalog := config.Catalog().Version
+	if catalog == "" {
+		catalog = "unknown"
+	}
+	fmt.Fprintf(w, "  services   %d (%d domains; catalog %s)\n", len(p.ServiceIDs()), p.DomainCount(), catalog)
+	groups := make([]string, len(cfg.Groups))
+	for i, g := range cfg.Groups {
+		groups[i] = g.Name
+	}
+	fmt.Fprintf(w, "  groups     %d%s\n", len(groups), nameList(groups))
+	schedules := make([]string, len(cfg.Schedules))
+	for i, s := range cfg.Schedules {
+		schedules[i] = s.Name
+	}
+	fmt.Fprintf(w, "  schedules  %d%s\n", len(schedules), nameList(schedules))
+	lists := make([]string, len(cfg.Lists))
+	for i, l := range cfg.Lists {
+		lists[i] = l.Name
+	}
+	fmt.Fprintf(w, "  lists      %d%s\n", len(lists), nameList(lists))
+	rules := make([]string, len(cfg.Rules))
+	for i, r := range cfg.Rules {
+		rules[i] = r.Name
+	}
+	fmt.Fprintf(w, "  rules      %d%s\n", len(rules), nameList(rules))
+	if cfg.Exceptions != nil {
+		fmt.Fprintln(w, "  exceptions register on")
+	}
+}
+
+func nameList(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return ": " + strings.Join(names, ", ")
+}

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/balise-net/balise/config"
+	"github.com/balise-net/balise/internal/exceptions"
+	"github.com/balise-net/balise/internal/policy"
+	"github.com/balise-net/balise/proxy"
+)
+
+// The register's web side is what the proxy shows on block pages.
+var _ proxy.Exceptions = (*exceptions.Web)(nil)
+
+// startExceptions starts the exception register when the configuration
+// has an [exceptions] table: it opens the store and the audit log, sets
+// rt.exceptions to the register's web side (the request form behind the
+// block page, an *exceptions.Web), installs the current grants, and polls
+// the store every grant_poll for approvals, revocations and expiries made
+// by `balise exceptions` (grants reach the policy within grant_poll plus
+// the time of one poll). It stops when ctx ends.
+//
+// Changes to [exceptions] take effect at the next restart.
+func startExceptions(ctx context.Context, rt *runtime) error {
+	ex := rt.cfg.Exceptions
+	if ex == nil {
+		return nil
+	}
+	st, err := exceptions.OpenSQLite(ctx, ex.Store)
+	if err != nil {
+		return err
+	}
+	m := &exceptionsRunner{rt: rt, ex: ex}
+	var notifier *exceptions.Notifier
+	opt := exceptions.Options{
+		Store: st, CloseStore: true, AuditLog: ex.AuditLog, Durations: ex.Durations,
+		MaxPendingPerClient: ex.MaxPendingPerClient, MaxPerDayPerClient: ex.MaxPerDayPerClient,
+		ValidService: func(id string) bool { _, ok := rt.policy.Load().LookupService(id); return ok },
+		Registerer:   rt.reg,
+		Clock:        rt.now,
+	}
+	if ex.NotifyURL != "" {
+		notifier = exceptions.NewNotifier(exceptions.NotifierOptions{URL: ex.NotifyURL, Timeout: ex.NotifyTimeout, Logger: rt.log})
+		opt.Notify = notifier.Enqueue
+	}
+	reg, err := exceptions.Open(ctx, opt)
+	if err != nil {
+		st.Close()
+		return err
+	}
+	if err := reg.Repair(ctx); errors.Is(err, exceptions.ErrAudit) {
+		// Filtering goes on; requests and decisions fail until the
+		// officer restores the log.
+		rt.log.Error("exception audit log does not match the register: no request can be recorded until it is restored (see balise exceptions verify)", "error", err)
+	} else if err != nil {
+		reg.Close()
+		return err
+	}
+	if notifier != nil {
+		notifier.SetMetrics(reg.Metrics())
+	}
+	key, err := exceptions.LoadKey(filepath.Join(ex.StateDir, "csrf.key"))
+	if err != nil {
+		reg.Close()
+		return fmt.Errorf("exceptions: CSRF key: %w", err)
+	}
+	web, err := exceptions.NewWeb(exceptions.WebOptions{
+		Register: reg,
+		Tokens:   exceptions.NewTokens(key, 0),
+		ServiceName: func(id string) string {
+			if s, ok := rt.policy.Load().LookupService(id); ok && s.Name != "" {
+				return s.Name
+			}
+			return id
+		},
+		Logger: rt.log,
+		Clock:  rt.now,
+	})
+	if err != nil {
+		reg.Close()
+		return err
+	}
+	m.reg = reg
+	// The first snapshot is installed before the front-ends start.
+	if err := m.poll(ctx); err != nil {
+		reg.Close()
+		return err
+	}
+	rt.exceptions = web
+	if notifier != nil {
+		rt.wg.Go(func() { notifier.Run(ctx) })
+	}
+	rt.wg.Go(func() {
+		defer reg.Close()
+		m.run(ctx)
+	})
+	rt.onReload(func(c *config.Config) {
+		if !reflect.DeepEqual(c.Exceptions, ex) {
+			rt.log.Warn("changes to [exceptions] take effect at the next restart")
+		}
+	})
+	rt.log.Info("exception register open", "store", ex.Store, "audit_log", ex.AuditLog,
+		"grants", len(m.last), "grant_poll", ex.GrantPoll.String())
+	return nil
+}
+
+// exceptionsRunner polls the register for grant changes.
+type exceptionsRunner struct {
+	rt  *runtime
+	ex  *config.ExceptionsSection
+	reg *exceptions.Register
+
+	mu       sync.Mutex
+	last     []policy.Grant
+	lastErr  error
+	lastPurg time.Time
+}
+
+func (m *exceptionsRunner) run(ctx context.Context) {
+	t := time.NewTicker(m.ex.GrantPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := m.poll(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		m.mu.Lock()
+		changed := (err == nil) != (m.lastErr == nil) || (err != nil && err.Error() != m.lastErr.Error())
+		m.lastErr = err
+		m.mu.Unlock()
+		if changed && err != nil {
+			m.rt.log.Error("exception register unavailable", "error", err)
+		} else if changed {
+			m.rt.log.Info("exception register available again")
+		}
+		m.retention(ctx)
+	}
+}
+
+// poll expires ended grants and installs the snapshot when it changed.
+func (m *exceptionsRunner) poll(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	grants, _, err := m.reg.Refresh(ctx, m.rt.now())
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	same := slices.EqualFunc(grants, m.last, equalGrant)
+	if !same {
+		m.last = grants
+	}
+	m.mu.Unlock()
+	if !same {
+		m.rt.SetGrants(grants)
+		m.rt.log.Info("exception grants updated", "grants", len(grants))
+	}
+	return nil
+}
+
+// retention purges decided requests older than [exceptions] retention,
+// at most once an hour; a purge that removes nothing is not recorded.
+func (m *exceptionsRunner) retention(ctx context.Context) {
+	now := m.rt.now()
+	if now.Sub(m.lastPurg) < time.Hour || m.ex.Retention <= 0 {
+		return
+	}
+	m.lastPurg = now
+	ids, err := m.reg.PurgeExpired(ctx, m.ex.Retention)
+	if err != nil {
+		m.rt.log.Error("exception retention purge failed", "error", err)
+	} else if len(ids) > 0 {
+		m.rt.log.Info("exception requests purged (retention)", "count", len(ids), "retention", m.ex.Retention.String())
+	}
+}
+
+func equalGrant(a, b policy.Grant) bool {
+	return a.ID == b.ID && a.Subject == b.Subject && a.User == b.User && slices.Equal(a.Services, b.Services) &&
+		a.NotBefore.Equal(b.NotBefore) && a.NotAfter.Equal(b.NotAfter)
+}

@@ -1,0 +1,287 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/balise-net/balise/config"
+	"github.com/balise-net/balise/internal/policy"
+)
+
+// explainInput is one question for explain.
+type explainInput struct {
+	Client netip.Addr
+	// Host as typed: any case, trailing dot, Unicode, IP literal.
+	Host string
+	// User is accepted but not given to the engine: `balise serve` has no
+	// directory source yet, so rules and grants that need a user do not
+	// match, and explain shows what serve would do.
+	User string
+	// DirectoryGroups are directory group names, as a directory source
+	// would report them for the client (--groups).
+	DirectoryGroups []string
+	At              time.Time
+}
+
+// explainResult is explain's answer; its JSON form is the contract of
+// `balise explain --json` (verdict, service, category, rule, reason,
+// until), plus context fields.
+type explainResult struct {
+	Verdict     string `json:"verdict"`
+	Service     string `json:"service"`
+	ServiceName string `json:"service_name"`
+	Category    string `json:"category"`
+	Rule        string `json:"rule"`
+	Reason      string `json:"reason"`
+	// Until is RFC 3339 in the policy's zone, "" when the decision never
+	// changes with time (unlisted hosts).
+	Until string `json:"until"`
+	Grant string `json:"grant"`
+	// Host is the normalized host name; Input the host as given.
+	Host  string `json:"host"`
+	Input string `json:"input"`
+	IP    bool   `json:"ip"`
+	// Client is the client address; Groups the configuration's groups it
+	// belongs to (by network, or by the directory groups given).
+	Client          string   `json:"client"`
+	Groups          []string `json:"groups"`
+	User            string   `json:"user"`
+	DirectoryGroups []string `json:"directory_groups"`
+	// At is the instant of the question, RFC 3339 in the policy's zone.
+	At string `json:"at"`
+
+	decision policy.Decision
+	at       time.Time
+	loc      *time.Location
+}
+
+// errInvalidHost is returned by explain for a host that is neither a valid
+// name nor an IP literal.
+var errInvalidHost = errors.New("invalid host")
+
+// explain asks p about in and describes the answer with cfg's names.
+func explain(cfg *config.Config, p *policy.Policy, in explainInput) (explainResult, error) {
+	host, err := policy.NormalizeHost(in.Host)
+	if err != nil {
+		return explainResult{}, fmt.Errorf("%w %q: %v", errInvalidHost, in.Host, err)
+	}
+	client := in.Client.Unmap()
+	d := p.Decide(policy.Query{
+		Host:   in.Host,
+		Client: client,
+		Groups: in.DirectoryGroups,
+		Time:   in.At,
+	})
+	if d.Invalid {
+		return explainResult{}, fmt.Errorf("%w %q", errInvalidHost, in.Host)
+	}
+	loc := p.Location()
+	if loc == nil {
+		loc = time.UTC
+	}
+	r := explainResult{
+		Verdict:         d.Verdict.String(),
+		Service:         d.Service,
+		ServiceName:     d.ServiceName,
+		Category:        d.Category,
+		Rule:            d.Rule,
+		Reason:          d.Reason.String(),
+		Grant:           d.Grant,
+		Host:            host,
+		Input:           in.Host,
+		IP:              d.IP,
+		Client:          client.String(),
+		Groups:          memberships(cfg, client, in.DirectoryGroups),
+		User:            in.User,
+		DirectoryGroups: in.DirectoryGroups,
+		At:              in.At.In(loc).Format(time.RFC3339),
+		decision:        d,
+		at:              in.At,
+		loc:             loc,
+	}
+	if r.DirectoryGroups == nil {
+		r.DirectoryGroups = []string{}
+	}
+	if !d.Until.IsZero() {
+		r.Until = d.Until.In(loc).Format(time.RFC3339)
+	}
+	return r, nil
+}
+
+// memberships returns the names of cfg's groups the client belongs to, in
+// configuration order: by network, or by one of the directory groups.
+func memberships(cfg *config.Config, client netip.Addr, dirGroups []string) []string {
+	out := []string{}
+	for _, g := range cfg.Groups {
+		in := false
+		for _, n := range g.Networks {
+			if n.Contains(client) {
+				in = true
+				break
+			}
+		}
+		for _, dg := range g.DirectoryGroups {
+			if slices.Contains(dirGroups, dg) {
+				in = true
+			}
+		}
+		if in {
+			out = append(out, g.Name)
+		}
+	}
+	return out
+}
+
+// localTime formats t for people: weekday, date, time and zone
+// abbreviation in loc.
+func localTime(t time.Time, loc *time.Location) string {
+	return t.In(loc).Format("Mon 2006-01-02 15:04:05 MST")
+}
+
+// writeText prints r for people.
+func (r explainResult) writeText(w io.Writer) {
+	d := r.decision
+	fmt.Fprintf(w, "verdict   %s\n", r.Verdict)
+	host := r.Host
+	if r.Input != r.Host {
+		host += fmt.Sprintf(" (given as %q)", r.Input)
+	}
+	if r.IP {
+		host += " (IP literal)"
+	}
+	fmt.Fprintf(w, "host      %s\n", host)
+	groups := "none"
+	if len(r.Groups) > 0 {
+		groups = strings.Join(r.Groups, ", ")
+	}
+	fmt.Fprintf(w, "client    %s (groups: %s)\n", r.Client, groups)
+	if r.User != "" {
+		fmt.Fprintf(w, "user      %s (no directory source: rules and grants by user do not apply)\n", r.User)
+	}
+	if len(r.DirectoryGroups) > 0 {
+		fmt.Fprintf(w, "directory %s\n", strings.Join(r.DirectoryGroups, ", "))
+	}
+	fmt.Fprintf(w, "at        %s (%s)\n", localTime(r.at, r.loc), r.At)
+	if d.Listed() {
+		name := r.Service
+		if r.ServiceName != "" && r.ServiceName != r.Service {
+			name += " (" + r.ServiceName + ")"
+		}
+		fmt.Fprintf(w, "service   %s\n", name)
+		fmt.Fprintf(w, "category  %s\n", r.Category)
+	} else {
+		fmt.Fprintf(w, "service   -\n")
+	}
+	rule := r.Rule
+	if rule == "" {
+		rule = "-"
+	}
+	fmt.Fprintf(w, "rule      %s\n", rule)
+	fmt.Fprintf(w, "reason    %s: %s\n", r.Reason, reasonText(d))
+	if r.Grant != "" {
+		fmt.Fprintf(w, "grant     %s\n", r.Grant)
+	}
+	if r.Until == "" {
+		fmt.Fprintf(w, "until     - (does not change with time)\n")
+	} else {
+		fmt.Fprintf(w, "until     %s (%s)\n", localTime(d.Until, r.loc), r.Until)
+	}
+}
+
+// reasonText says in words why the decision was taken.
+func reasonText(d policy.Decision) string {
+	switch d.Reason {
+	case policy.ReasonUnlisted:
+		if d.IP {
+			return "an IP address in no list; Balise leaves it alone"
+		}
+		return "the host is in no list; Balise leaves it alone"
+	case policy.ReasonRule:
+		return fmt.Sprintf("rule %q is the first that matches", d.Rule)
+	case policy.ReasonDefault:
+		return fmt.Sprintf("no rule matches; default_action is %s", d.Verdict)
+	case policy.ReasonGrant:
+		return fmt.Sprintf("exception grant %s allows it", d.Grant)
+	case policy.ReasonCanary:
+		return "a browser or operating-system canary name (block_canaries)"
+	case policy.ReasonAllowList:
+		return "the host is in an allow list or is a catalog exception"
+	}
+	return d.Reason.String()
+}
+
+// runExplain runs `balise explain`.
+func runExplain(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("explain", stderr)
+	path := fs.String("config", "", "configuration `FILE` (required)")
+	clientFlag := fs.String("client", "", "client `IP` address (required)")
+	hostFlag := fs.String("host", "", "`HOST` name or IP literal (required)")
+	user := fs.String("user", "", "user `NAME` (accepted; no directory source yet, so rules by user do not match)")
+	groupsFlag := fs.String("groups", "", "comma-separated directory `groups` of the client")
+	atFlag := fs.String("at", "", "the instant to decide at, `RFC3339` (default now)")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: balise explain --config FILE --client IP --host HOST [--user NAME] [--groups a,b] [--at RFC3339] [--json]")
+		fs.PrintDefaults()
+	}
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	var missing []string
+	for _, f := range []struct{ name, val string }{{"--config", *path}, {"--client", *clientFlag}, {"--host", *hostFlag}} {
+		if f.val == "" {
+			missing = append(missing, f.name)
+		}
+	}
+	if len(missing) > 0 {
+		fmt.Fprintf(stderr, "balise explain: %s required\n", strings.Join(missing, ", "))
+		fs.Usage()
+		return exitUsage
+	}
+	client, err := netip.ParseAddr(strings.Trim(*clientFlag, "[]"))
+	if err != nil || client.Zone() != "" {
+		fmt.Fprintf(stderr, "balise explain: invalid --client %q: want an IPv4 or IPv6 address\n", *clientFlag)
+		return exitInvalid
+	}
+	at := time.Now()
+	if *atFlag != "" {
+		at, err = time.Parse(time.RFC3339, *atFlag)
+		if err != nil {
+			fmt.Fprintf(stderr, "balise explain: invalid --at %q: want RFC 3339, like 2026-05-12T14:00:00-04:00\n", *atFlag)
+			return exitInvalid
+		}
+	}
+	var dirGroups []string
+	for _, g := range strings.Split(*groupsFlag, ",") {
+		if g = strings.TrimSpace(g); g != "" {
+			dirGroups = append(dirGroups, g)
+		}
+	}
+	cfg, p, err := loadAndCompile(*path)
+	if err != nil {
+		printProblems(stderr, *path, err)
+		return exitInvalid
+	}
+	r, err := explain(cfg, p, explainInput{Client: client, Host: *hostFlag, User: *user, DirectoryGroups: dirGroups, At: at})
+	if err != nil {
+		fmt.Fprintf(stderr, "balise explain: %v\n", err)
+		return exitInvalid
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			fmt.Fprintf(stderr, "balise explain: %v\n", err)
+			return exitInvalid
+		}
+		return exitOK
+	}
+	r.writeText(stdout)
+	return exitOK
+}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/balise-net/balise/config"
+	"github.com/balise-net/balise/internal/decisionlog"
+	"github.com/balise-net/balise/internal/policy"
+)
+
+// runtime is what `balise serve` shares with its front-ends (startDNS,
+// startProxy, startExceptions): the current configuration and policy, the
+// logger, the metrics registerer, the decision log and the clock.
+//
+// The start functions run one after the other before the reload loop
+// starts, so they may read cfg directly; afterwards use config(), or
+// register an onReload hook, which receives every configuration that
+// compiled successfully.
+type runtime struct {
+	// cfg is the configuration currently in force. Written under mu.
+	cfg *config.Config
+
+	// policy is the policy the front-ends read on every decision: the
+	// compiled configuration (base) with the current grant snapshot.
+	policy atomic.Pointer[policy.Policy]
+
+	// reg receives every metric of Balise (never the default registry).
+	reg prometheus.Registerer
+	// log is the process logger.
+	log *slog.Logger
+	// decisions writes the deduplicated decision lines (window from
+	// [log] decision_window).
+	decisions *decisionlog.Logger
+	// now is the clock every front-end uses (time.Now outside tests).
+	now func() time.Time
+
+	// exceptions holds the exception register's web front-end, set by
+	// startExceptions (nil when [exceptions] is absent). Its concrete type
+	// belongs to the exceptions wiring.
+	exceptions any
+
+	// wg counts the front-ends' goroutines that must finish before the
+	// process exits: a start function calls rt.wg.Go (or Add/Done) for
+	// its servers, and makes them return once ctx ends. serve waits for
+	// them at shutdown, up to 15 s.
+	wg sync.WaitGroup
+
+	// started is set once every front-end has started; /readyz fails
+	// before.
+	started atomic.Bool
+
+	mu      sync.Mutex
+	base    *policy.Policy // compiled configuration, no grants
+	grants  []policy.Grant // current grant snapshot
+	ready   []readyCheck
+	reloads []func(*config.Config)
+}
+
+type readyCheck struct {
+	name  string
+	check func() error
+}
+
+// newRuntime returns a runtime whose policy is p compiled from cfg.
+func newRuntime(cfg *config.Config, p *policy.Policy, reg prometheus.Registerer, log *slog.Logger, now func() time.Time) *runtime {
+	if now == nil {
+		now = time.Now
+	}
+	rt := &runtime{
+		cfg:       cfg,
+		reg:       reg,
+		log:       log,
+		now:       now,
+		decisions: decisionlog.New(log, cfg.Log.DecisionWindow, 0),
+	}
+	rt.setBase(p)
+	return rt
+}
+
+// config returns the configuration currently in force.
+func (rt *runtime) config() *config.Config {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return rt.cfg
+}
+
+// setBase installs a newly compiled policy, keeping the current grant
+// snapshot: the front-ends see p.WithGrants(grants).
+func (rt *runtime) setBase(p *policy.Policy) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.base = p
+	rt.publishLocked()
+}
+
+// SetGrants replaces the grant snapshot. It does not recompile anything:
+// the compiled configuration is shared (policy.WithGrants).
+func (rt *runtime) SetGrants(g []policy.Grant) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.grants = g
+	rt.publishLocked()
+}
+
+func (rt *runtime) publishLocked() {
+	if rt.base == nil {
+		return
+	}
+	rt.policy.Store(rt.base.WithGrants(rt.grants))
+}
+
+// addReady registers a readiness check: /readyz answers 200 only while
+// every check returns nil. name identifies it in /readyz's body.
+func (rt *runtime) addReady(name string, check func() error) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.ready = append(rt.ready, readyCheck{name: name, check: check})
+}
+
+// onReload registers f to run after every successful reload, with the new
+// configuration, once the new policy is in place. Hooks run one at a time
+// on the reload goroutine and must not block for long.
+func (rt *runtime) onReload(f func(*config.Config)) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.reloads = append(rt.reloads, f)
+}
+
+// readiness runs every readiness check and returns the failures, one
+// "name: error" line each, sorted; nil when ready.
+func (rt *runtime) readiness() []string {
+	rt.mu.Lock()
+	checks := slices.Clone(rt.ready)
+	loaded := rt.base != nil
+	rt.mu.Unlock()
+	var failed []string
+	if !loaded {
+		failed = append(failed, "config: not loaded")
+	}
+	if !rt.started.Load() {
+		failed = append(failed, "startup: in progress")
+	}
+	for _, c := range checks {
+		if err := c.check(); err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", c.name, err))
+		}
+	}
+	sort.Strings(failed)
+	return failed
+}
+
+// install makes cfg and its compiled policy p current and runs the reload
+// hooks.
+func (rt *runtime) install(cfg *config.Config, p *policy.Policy) {
+	rt.mu.Lock()
+	rt.cfg = cfg
+	rt.base = p
+	rt.publishLocked()
+	hooks := slices.Clone(rt.reloads)
+	rt.mu.Unlock()
+	for _, h := range hooks {
+		h(cfg)
+	}
+}
+
+// problemText flattens a config error into one line for logs.
+func problemText(err error) string {
+	var ps config.Problems
+	if errors.As(err, &ps) {
+		lines := make([]string, 0, len(ps))
+		for _, p := range ps {
+			lines = append(lines, p.String())
+		}
+		return strings.Join(lines, "; ")
+	}
+	return err.Error()
+}

@@ -1,0 +1,210 @@
+package config
+
+import (
+	_ "embed"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+//go:embed default.toml
+var defaultTOML []byte
+
+// DefaultTOML returns the text of the embedded default configuration, the
+// one `balise serve` uses without --config.
+func DefaultTOML() []byte { return append([]byte(nil), defaultTOML...) }
+
+// Config is a parsed, validated configuration. Every field holds its
+// default when the file leaves it out; paths are already resolved relative
+// to the directory of the file.
+type Config struct {
+	// Path is the file the configuration came from ("" for the embedded
+	// default). Relative paths inside it were resolved from its directory.
+	Path string
+
+	// Timezone is the IANA zone name windows are read in
+	// (default "America/Toronto"); Location is that zone, resolved.
+	Timezone string
+	Location *time.Location
+	// DefaultAction is "allow" or "block" (default "block"): what happens
+	// to a listed host when no rule matched.
+	DefaultAction string
+	// BlockCanaries blocks the browser DoH canary and the iCloud Private
+	// Relay names for everyone (default true).
+	BlockCanaries bool
+	// BlockMessage and BlockMessageEN explain the institution's rule on the
+	// block page, in French and English ("" = a generic sentence).
+	BlockMessage   string
+	BlockMessageEN string
+	// Institution is the name shown on the block page ("" = none).
+	Institution string
+
+	Catalog    CatalogSection
+	Log        LogSection
+	ListCache  ListsSection
+	Proxy      ProxySection
+	DNS        DNSSection
+	Metrics    MetricsSection
+	Exceptions *ExceptionsSection // nil when the file has no [exceptions] table
+
+	Groups    []Group
+	Schedules []Schedule
+	Lists     []List
+	Rules     []Rule
+}
+
+// CatalogSection is [catalog]: which parts of the embedded service catalog
+// are listed.
+type CatalogSection struct {
+	// Disable lists catalog service ids that are not listed at all.
+	Disable []string
+	// Enable lists optional catalog services that are listed (by default
+	// optional services, such as podcast-hosting, are not).
+	Enable []string
+	// ExtraDomains also lists the services' brand, typo and legacy
+	// registrations (default false).
+	ExtraDomains bool
+	// SharedInfrastructure lists service ids (or "*") whose shared
+	// infrastructure domains (CDNs used by other sites too, such as
+	// fbcdn.net or googlevideo.com) are listed as well. Default none.
+	SharedInfrastructure []string
+	// CategoriesOff lists whole categories that are not listed.
+	CategoriesOff []string
+	// CopyleftEntries also lists catalog entries whose only sources are
+	// copyleft or share-alike compilations (default false).
+	CopyleftEntries bool
+}
+
+// LogSection is [log].
+type LogSection struct {
+	// DecisionWindow is the deduplication window of decision log lines
+	// (default 1m).
+	DecisionWindow time.Duration
+}
+
+// ListsSection is [lists]: settings shared by every [[list]].
+type ListsSection struct {
+	// CacheDir is where the last good copy of each URL list is kept.
+	// Default: "<[exceptions] state_dir>/lists", or "balise-data/lists"
+	// next to the configuration file when there is no [exceptions].
+	CacheDir string
+}
+
+// MetricsSection is [metrics].
+type MetricsSection struct {
+	// Listen are the addresses of /metrics, /healthz and /readyz
+	// (default ["127.0.0.1:9464"]). An empty array turns it off.
+	Listen []string
+}
+
+// Group is a [[group]]: a set of clients.
+type Group struct {
+	Name            string
+	Networks        []netip.Prefix
+	DirectoryGroups []string
+	Users           []string
+}
+
+// Schedule is a [[schedule]]: named weekly windows, as written
+// ("mon-fri 12:00-13:00"); they were validated with policy.ParseWindow.
+type Schedule struct {
+	Name    string
+	Windows []string
+}
+
+// List is a [[list]]: extra listed domains (a service of its own, named
+// after the list) or, with Allow, hosts that always pass.
+type List struct {
+	// Name is the list's name and the service id rules refer to.
+	Name string
+	// DisplayName is shown on the block page ("" = Name).
+	DisplayName string
+	// Category is the list's category; required unless Allow.
+	Category string
+	// Allow makes the list's hosts always reachable.
+	Allow bool
+	// Domains are inline entries, normalized.
+	Domains []string
+	// Files are list files (hosts, plain-domain or ||domain^ lines),
+	// resolved from the configuration's directory. Load read their domains.
+	Files []string
+	// URLs are https:// lists fetched and refreshed by a Fetcher.
+	URLs []string
+	// Refresh is the refresh interval of URLs (default 24h).
+	Refresh time.Duration
+	// SHA256 pins the content of the single URL (hex, "" = no pin).
+	SHA256 string
+
+	fileDomains []string // domains read from Files by Load
+}
+
+// Rule is a [[rule]]. Groups, Services, Categories and During are
+// matched as in policy.Rule: nil Groups is everyone, nil Services and
+// Categories is every service, nil During is always. Services hold
+// canonical ids (an alias such as "x" is replaced by "twitter"). Action
+// is "allow" or "block".
+//
+// A rule must have a name and an action, and name at least one of groups,
+// services, categories or during: a rule naming none is an "empty rule"
+// problem (write groups = ["*"] to apply one to everyone). A key present
+// with an empty array is a problem too.
+type Rule struct {
+	Name       string
+	Groups     []string
+	Services   []string
+	Categories []string
+	During     []string
+	Action     string
+}
+
+// Load reads, parses and validates the configuration file at path. Its
+// error, when not about reading the file, is a Problems listing every
+// problem found. Load never writes a file nor opens a socket.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, Problems{{File: path, Msg: errText(err)}}
+	}
+	return Parse(path, data)
+}
+
+// Parse is Load on data already read; path names the file in messages and
+// anchors relative paths ("" = the working directory).
+func Parse(path string, data []byte) (*Config, error) {
+	p := newParser(path, data)
+	c := p.parse()
+	if len(p.problems) > 0 {
+		p.problems.sort(path)
+		return nil, p.problems
+	}
+	return c, nil
+}
+
+// Default returns the embedded default configuration. It panics only if
+// the embedded file is invalid, which a test rules out.
+func Default() *Config {
+	c, err := Parse("", defaultTOML)
+	if err != nil {
+		panic(fmt.Sprintf("config: embedded default is invalid: %v", err))
+	}
+	return c
+}
+
+// baseDir is the directory relative paths resolve from.
+func (c *Config) baseDir() string {
+	if c.Path == "" {
+		return "."
+	}
+	return filepath.Dir(c.Path)
+}
+
+// defaultLocation is the zone of a Config whose Location is unset.
+func defaultLocation() *time.Location {
+	loc, err := time.LoadLocation("America/Toronto")
+	if err != nil {
+		return time.UTC
+	}
+	return loc
+}

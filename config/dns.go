@@ -1,0 +1,65 @@
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// DNSSection is [dns]: the DNS filter.
+type DNSSection struct {
+	// Listen are the UDP and TCP addresses (default ["127.0.0.1:5353"]);
+	// an empty array turns the filter off.
+	Listen []string
+	// Upstreams are resolvers, tried in order: "host:port" (plain DNS) or
+	// "tls://host:853[#servername]" (DNS over TLS). Default
+	// ["9.9.9.9:53", "149.112.112.112:53"].
+	Upstreams []string
+	// Timeout bounds one try of one upstream (default 1s).
+	Timeout time.Duration
+	// BlockResponse is "nxdomain", "refused", "null" or "sinkhole"
+	// (default "nxdomain").
+	BlockResponse string
+	// Sinkhole are the addresses answered for blocked names when
+	// BlockResponse is "sinkhole" (required then).
+	Sinkhole []netip.Addr
+	// StripECH removes ECH parameters from HTTPS/SVCB answers (default true).
+	StripECH bool
+	// CacheSize bounds the answer cache in entries (default 100000; 0 = off).
+	CacheSize int
+	// MinTTL and MaxTTL clamp cached answers' TTLs (default 0s and 24h).
+	MinTTL time.Duration
+	MaxTTL time.Duration
+	// BlockedTTL is the TTL of blocked answers at most (default 60s).
+	BlockedTTL time.Duration
+	// NegativeTTL caps the caching of NXDOMAIN/NODATA (default 1h).
+	NegativeTTL time.Duration
+	// ServeStale answers from expired cache entries when every upstream
+	// fails (default true).
+	ServeStale bool
+	// StaleTTL is the TTL of stale answers (default 30s).
+	StaleTTL time.Duration
+	// StaleMaxAge is how long past expiry an answer may be served stale
+	// (default 24h).
+	StaleMaxAge time.Duration
+	// RateLimit is queries per second per client (default 200; 0 = off);
+	// RateBurst the burst (default 400).
+	RateLimit int
+	RateBurst int
+	// RateLimitExempt are clients not rate limited (e.g. forwarding DNS
+	// servers).
+	RateLimitExempt []netip.Prefix
+	// UDPSockets is the number of SO_REUSEPORT sockets per UDP address
+	// (default 0 = one per CPU).
+	UDPSockets int
+	// Forward sends zones to their own upstreams ([[dns.forward]]).
+	Forward []Forward
+}
+
+// Forward is one [[dns.forward]]: queries in Zone (and below) go to
+// Upstreams instead of the default ones.
+type Forward struct {
+	// Zone is a normalized domain name.
+	Zone string
+	// Upstreams use the syntax of DNSSection.Upstreams.
+	Upstreams []string
+}

@@ -1,0 +1,71 @@
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// ProxySection is [proxy]: the explicit and transparent HTTP(S) proxy.
+type ProxySection struct {
+	// Listen are the explicit proxy's addresses (default
+	// ["127.0.0.1:3128"]); an empty array turns it off.
+	Listen []string
+	// AllowedClients may use the proxy (default 127.0.0.0/8 and ::1/128).
+	AllowedClients []netip.Prefix
+	// ConnectPorts are the ports CONNECT may reach (default [443]).
+	ConnectPorts []int
+	// Resolver is a DNS server (host:port) used to reach destinations
+	// ("" = the system resolver).
+	Resolver string
+	// IPLiterals is "allow" or "deny" (default "allow"): destinations given
+	// as IP addresses without a listed SNI.
+	IPLiterals string
+	// Parent is an upstream proxy URL (http://host:port, "" = direct).
+	Parent string
+	// ParentCredentialsFile holds "user:password" for Parent ("" = none).
+	ParentCredentialsFile string
+	// PortalURL is the public URL of the portal ("" = derived from the
+	// request).
+	PortalURL string
+	// TransparentHTTP and TransparentHTTPS are the listeners for
+	// redirected port-80 and port-443 traffic (empty = off).
+	TransparentHTTP  []string
+	TransparentHTTPS []string
+	// TransparentMode is "redirect" or "tproxy" (default "redirect").
+	TransparentMode string
+	// NoSNI is "allow" or "deny" (default "allow"): transparent HTTPS
+	// connections whose ClientHello carries no server name.
+	NoSNI string
+	// DialTimeout bounds connecting to a destination (default 10s).
+	DialTimeout time.Duration
+	// IdleTimeout closes idle tunnels and keep-alive connections
+	// (default 5m).
+	IdleTimeout time.Duration
+	// MaxTunnelLifetime closes any tunnel after this long (default 12h).
+	MaxTunnelLifetime time.Duration
+	// HeaderTimeout bounds reading a request's header (default 10s).
+	HeaderTimeout time.Duration
+	// MaxHeaderBytes bounds a request's header size (default 65536).
+	MaxHeaderBytes int
+	// MaxTunnelsPerClient bounds concurrent tunnels per client address
+	// (default 256; 0 = unlimited).
+	MaxTunnelsPerClient int
+	// DirectDomains and DirectNetworks go DIRECT in the PAC file.
+	DirectDomains  []string
+	DirectNetworks []netip.Prefix
+	// TLS is [proxy.tls].
+	TLS ProxyTLS
+}
+
+// ProxyTLS is [proxy.tls]: the institution's CA, used only to show the
+// block page on blocked HTTPS connections.
+type ProxyTLS struct {
+	// CACert and CAKey are PEM files ("" = no interception: blocked HTTPS
+	// gets a 403 with a Proxy-Status header).
+	CACert string
+	CAKey  string
+	// LeafValidity is the lifetime of minted certificates (default 24h).
+	LeafValidity time.Duration
+	// CertCacheSize bounds the cache of minted certificates (default 1024).
+	CertCacheSize int
+}

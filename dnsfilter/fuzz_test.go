@@ -1,0 +1,101 @@
+package dnsfilter
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/balise-net/balise/internal/policy"
+)
+
+// fuzzFilter is a filter that is not listening, with one cached answer.
+func fuzzFilter(t testing.TB) *Filter {
+	p, err := policy.New(testSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ptr atomic.Pointer[policy.Policy]
+	ptr.Store(p)
+	f, err := New(Options{Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"127.0.0.1:1"}, CacheSize: 100, Policy: &ptr, BlockResponse: "null"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := new(dns.Msg)
+	m.SetQuestion("cached.example.org.", dns.TypeA)
+	m.Response = true
+	m.Answer = append(m.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: "cached.example.org.", Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 300}, Target: "edge.fbcdn.net."})
+	e, ok := newEntry(m, "cached.example.org.", f.s, time.Now().UnixNano())
+	if !ok {
+		t.Fatal("newEntry: not cacheable")
+	}
+	q := new(dns.Msg)
+	q.SetQuestion("cached.example.org.", dns.TypeA)
+	pkt, _ := q.Pack()
+	s := newScratch()
+	if parseQuery(pkt, s) != parseOK {
+		t.Fatal("parseQuery failed on a plain query")
+	}
+	f.cache.put(string(s.q.key), e)
+	return f
+}
+
+func FuzzServe(f *testing.F) {
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+		edns  bool
+	}{{"cached.example.org.", dns.TypeA, false}, {"www.facebook.com.", dns.TypeHTTPS, true}, {"_dns.resolver.arpa.", dns.TypeSVCB, true}, {"use-application-dns.net.", dns.TypeA, false}, {".", dns.TypeNS, true}} {
+		m := new(dns.Msg)
+		m.SetQuestion(q.name, q.qtype)
+		if q.edns {
+			m.SetEdns0(4096, true)
+		}
+		b, _ := m.Pack()
+		f.Add(b)
+	}
+	f.Add([]byte{0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0})
+	filter := fuzzFilter(f)
+	s := newScratch()
+	client := netip.MustParseAddr("127.0.0.1")
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		for _, md := range []mode{modeFirst} {
+			out, pending := filter.serve(s, pkt, client, protoUDP, time.Now(), md)
+			if out == nil {
+				continue
+			}
+			if pending {
+				t.Fatalf("pending with an answer")
+			}
+			var m dns.Msg
+			if err := m.Unpack(out); err != nil {
+				t.Fatalf("answer does not parse: %v\nquery %x\nanswer %x", err, pkt, out)
+			}
+			if !m.Response || binary.BigEndian.Uint16(out) != binary.BigEndian.Uint16(pkt) {
+				t.Fatalf("answer is not a response to the query: %v", &m)
+			}
+		}
+	})
+}
+
+func FuzzTTLOffsets(f *testing.F) {
+	m := new(dns.Msg)
+	m.SetQuestion("a.example.org.", dns.TypeA)
+	m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: "a.example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}})
+	b, _ := m.Pack()
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		offs, err := ttlOffsets(msg)
+		if err != nil {
+			return
+		}
+		for _, o := range offs {
+			if int(o)+4 > len(msg) {
+				t.Fatalf("offset %d beyond message of %d bytes", o, len(msg))
+			}
+		}
+	})
+}

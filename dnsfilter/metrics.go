@@ -1,0 +1,150 @@
+package dnsfilter
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/balise-net/balise/internal/policy"
+)
+
+type proto uint8
+
+const (
+	protoUDP proto = iota
+	protoTCP
+	numProtos
+)
+
+var protoNames = [numProtos]string{"udp", "tcp"}
+
+// Verdicts of balise_dns_queries_total beyond the policy's allow/block.
+const (
+	verdictAllow = iota
+	verdictBlock
+	verdictRefused
+	verdictError
+	numVerdicts
+)
+
+var verdictNames = [numVerdicts]string{"allow", "block", "refused", "error"}
+
+// Reasons of balise_dns_queries_total: the policy's, then the filter's own.
+var (
+	numPolicyReasons = len(policy.Reasons())
+	reasonForward    = numPolicyReasons     // conditional forwarding zone
+	reasonDDR        = numPolicyReasons + 1 // _dns.resolver.arpa
+	reasonRateLimit  = numPolicyReasons + 2
+	reasonMalformed  = numPolicyReasons + 3
+	reasonUpstream   = numPolicyReasons + 4 // every upstream failed, nothing stale
+	reasonNoPolicy   = numPolicyReasons + 5
+	numReasons       = numPolicyReasons + 6
+)
+
+func reasonName(r int) string {
+	if r < numPolicyReasons {
+		return policy.Reason(r).String()
+	}
+	return [...]string{"forward", "ddr", "ratelimit", "malformed", "upstream", "nopolicy"}[r-numPolicyReasons]
+}
+
+// Kinds of balise_dns_malformed_total.
+const (
+	malShort = iota
+	malResponse
+	malFormat
+	malOpcode
+	malVersion
+	malOversized
+	numMalformed
+)
+
+var malformedNames = [numMalformed]string{"short", "response", "format", "opcode", "edns_version", "oversized"}
+
+// metrics are the filter's Prometheus series, created up front.
+type metrics struct {
+	queries     [numProtos][numVerdicts][]prometheus.Counter
+	duration    [numProtos]prometheus.Observer
+	cacheHits   prometheus.Counter
+	cacheMisses prometheus.Counter
+	stale       prometheus.Counter
+	malformed   [numMalformed]prometheus.Counter
+	rateLimited prometheus.Counter
+	upstreamUp  *prometheus.GaugeVec
+
+	upstreamDuration *prometheus.HistogramVec
+	upstreamErrors   *prometheus.CounterVec
+	collectors       []prometheus.Collector
+}
+
+func newMetrics(cacheLen func() int) *metrics {
+	m := &metrics{}
+	queries := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "balise_dns_queries_total",
+		Help: "DNS queries answered, by protocol, verdict (allow, block, refused, error) and reason.",
+	}, []string{"proto", "verdict", "reason"})
+	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "balise_dns_request_duration_seconds",
+		Help:    "Time from reading a DNS query to sending its answer.",
+		Buckets: []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2},
+	}, []string{"proto"})
+	for p := range numProtos {
+		pn := protoNames[p]
+		m.duration[p] = duration.WithLabelValues(pn)
+		for v := range numVerdicts {
+			m.queries[p][v] = make([]prometheus.Counter, numReasons)
+		}
+		add := func(v, r int) {
+			m.queries[p][v][r] = queries.WithLabelValues(pn, verdictNames[v], reasonName(r))
+		}
+		for r := range numPolicyReasons {
+			add(verdictAllow, r)
+			if policy.Reason(r) != policy.ReasonUnlisted && policy.Reason(r) != policy.ReasonAllowList && policy.Reason(r) != policy.ReasonGrant {
+				add(verdictBlock, r)
+			}
+		}
+		add(verdictAllow, reasonForward)
+		add(verdictAllow, reasonDDR)
+		add(verdictRefused, reasonRateLimit)
+		add(verdictError, reasonMalformed)
+		add(verdictError, reasonUpstream)
+		add(verdictError, reasonNoPolicy)
+	}
+	m.cacheHits = prometheus.NewCounter(prometheus.CounterOpts{Name: "balise_dns_cache_hits_total", Help: "DNS queries answered from a fresh cache entry."})
+	m.cacheMisses = prometheus.NewCounter(prometheus.CounterOpts{Name: "balise_dns_cache_misses_total", Help: "DNS queries that needed an upstream (no fresh cache entry)."})
+	entries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "balise_dns_cache_entries", Help: "Answers held in the DNS cache."}, func() float64 { return float64(cacheLen()) })
+	m.stale = prometheus.NewCounter(prometheus.CounterOpts{Name: "balise_dns_stale_answers_total", Help: "Expired answers served because every upstream failed (RFC 8767)."})
+	malformed := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "balise_dns_malformed_total", Help: "Malformed DNS messages received, by kind."}, []string{"kind"})
+	for i, k := range malformedNames {
+		m.malformed[i] = malformed.WithLabelValues(k)
+	}
+	m.rateLimited = prometheus.NewCounter(prometheus.CounterOpts{Name: "balise_dns_rate_limited_total", Help: "DNS queries refused because their client exceeded its rate limit."})
+	m.upstreamUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "balise_dns_upstream_up", Help: "1 when the upstream resolver answers, 0 after consecutive failures."}, []string{"upstream"})
+	m.upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "balise_dns_upstream_request_duration_seconds",
+		Help:    "Duration of one exchange with an upstream resolver.",
+		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5},
+	}, []string{"upstream"})
+	m.upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "balise_dns_upstream_errors_total", Help: "Failed exchanges with an upstream resolver, by kind."}, []string{"upstream", "kind"})
+	m.collectors = []prometheus.Collector{queries, duration, m.cacheHits, m.cacheMisses, entries, m.stale, malformed, m.rateLimited, m.upstreamUp, m.upstreamDuration, m.upstreamErrors}
+	return m
+}
+
+func (m *metrics) register(r prometheus.Registerer) error {
+	if r == nil {
+		return nil
+	}
+	var errs []error
+	for _, c := range m.collectors {
+		if err := r.Register(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (m *metrics) count(p proto, verdict, reason int) {
+	if c := m.queries[p][verdict][reason]; c != nil {
+		c.Inc()
+	}
+}

@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+// dialer opens connections to destinations, directly (optionally through
+// a chosen DNS server) or through a parent proxy.
+type dialer struct {
+	net     net.Dialer
+	parent  *url.URL // nil: direct
+	auth    string   // Proxy-Authorization value for the parent, "" for none
+	timeout time.Duration
+	observe func(time.Duration)
+}
+
+func newDialer(o *Options, observe func(time.Duration)) (*dialer, error) {
+	d := &dialer{timeout: o.DialTimeout, observe: observe}
+	d.net = net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}
+	if o.Resolver != "" {
+		if _, _, err := net.SplitHostPort(o.Resolver); err != nil {
+			return nil, fmt.Errorf("resolver %q: %w", o.Resolver, err)
+		}
+		server := o.Resolver
+		d.net.Resolver = &net.Resolver{
+			PreferGo: true,
+			Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				var nd net.Dialer
+				return nd.DialContext(ctx, network, server)
+			},
+		}
+	}
+	if o.Parent != nil {
+		if o.Parent.Scheme != "http" || o.Parent.Host == "" {
+			return nil, fmt.Errorf("parent %q: want http://host:port", o.Parent.Redacted())
+		}
+		p := *o.Parent
+		if p.Port() == "" {
+			p.Host = net.JoinHostPort(p.Hostname(), "80")
+		}
+		if o.ParentCredentialsFile != "" {
+			b, err := os.ReadFile(o.ParentCredentialsFile)
+			if err != nil {
+				return nil, fmt.Errorf("parent credentials: %w", err)
+			}
+			cred := strings.TrimSpace(string(b))
+			user, pass, ok := strings.Cut(cred, ":")
+			if !ok || user == "" {
+				return nil, fmt.Errorf("parent credentials %s: want user:password", o.ParentCredentialsFile)
+			}
+			p.User = url.UserPassword(user, pass)
+			d.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(cred))
+		}
+		d.parent = &p
+	}
+	return d, nil
+}
+
+// dialDirect connects to addr without the parent (the transport uses it to
+// reach the parent itself, or destinations when there is none).
+func (d *dialer) dialDirect(ctx context.Context, network, addr string) (net.Conn, error) {
+	return d.net.DialContext(ctx, network, addr)
+}
+
+// proxyURL is the transport's Proxy function.
+func (d *dialer) proxyURL(*http.Request) (*url.URL, error) { return d.parent, nil }
+
+// dialTunnel opens a byte stream to addr for a tunnel: a TCP connection,
+// or a CONNECT tunnel through the parent proxy.
+func (d *dialer) dialTunnel(ctx context.Context, addr string) (net.Conn, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	var c net.Conn
+	var err error
+	if d.parent == nil {
+		c, err = d.net.DialContext(ctx, "tcp", addr)
+	} else {
+		c, err = d.connectParent(ctx, addr)
+	}
+	if err == nil && d.observe != nil {
+		d.observe(time.Since(start))
+	}
+	return c, err
+}
+
+var errParentRefused = errors.New("parent proxy refused the tunnel")
+
+func (d *dialer) connectParent(ctx context.Context, addr string) (net.Conn, error) {
+	c, err := d.net.DialContext(ctx, "tcp", d.parent.Host)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	req := "CONNECT " + addr + " HTTP/1.1\r\nHost: " + addr + "\r\n"
+	if d.auth != "" {
+		req += "Proxy-Authorization: " + d.auth + "\r\n"
+	}
+	req += "\r\n"
+	if _, err := c.Write([]byte(req)); err != nil {
+		c.Close()
+		return nil, err
+	}
+	br := bufio.NewReaderSize(c, 1024)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		c.Close()
+		return nil, fmt.Errorf("%w: %s", errParentRefused, resp.Status)
+	}
+	c.SetDeadline(time.Time{})
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		return &prefixConn{Conn: c, prefix: append([]byte(nil), b...)}, nil
+	}
+	return c, nil
+}
+
+// prefixConn is a connection whose first bytes were already read into
+// prefix; Read returns them first.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// unwrapPrefix returns the underlying connection and the bytes already
+// read from it, so that copies can use the raw socket (splice).
+func unwrapPrefix(c net.Conn) (net.Conn, []byte) {
+	if pc, ok := c.(*prefixConn); ok {
+		return pc.Conn, pc.prefix
+	}
+	return c, nil
+}
+
+// proxyStatusForDialError maps a dial error to an RFC 9209 error type.
+func proxyStatusForDialError(err error) string {
+	var dnsErr *net.DNSError
+	switch {
+	case errors.As(err, &dnsErr):
+		if dnsErr.IsTimeout {
+			return "dns_timeout"
+		}
+		return "dns_error"
+	case errors.Is(err, errParentRefused):
+		return "destination_unavailable"
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		return "connection_timeout"
+	case strings.Contains(err.Error(), "refused"):
+		return "connection_refused"
+	}
+	return "destination_unavailable"
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -1,0 +1,161 @@
+package proxy
+
+import (
+	"html/template"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"sync/atomic"
+	"time"
+
+	"github.com/balise-net/balise/internal/decisionlog"
+	"github.com/balise-net/balise/internal/policy"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Exceptions is the exception-request register's web side.
+type Exceptions interface {
+	// Form returns the escaped HTML of the request form for a block page
+	// (client, decision, host, lang "fr" or "en").
+	Form(client netip.Addr, d policy.Decision, host string, lang string) template.HTML
+	// ServeHTTP answers requests to the reserved path /.balise/ (form
+	// posts). The proxy sets r.RemoteAddr to the client's address before
+	// calling.
+	http.Handler
+}
+
+// ReservedPath is the path prefix Balise answers itself on blocked hosts
+// (and on its portal): the block page's form posts there.
+const ReservedPath = "/.balise/"
+
+// Options configure a Proxy. Only Policy is required; every other zero
+// value has the default stated on its field.
+type Options struct {
+	// Policy holds the current policy; a reload swaps it. Required.
+	Policy *atomic.Pointer[policy.Policy]
+	// Logger receives operational messages ("listening", errors). Nil:
+	// discarded.
+	Logger *slog.Logger
+	// Registerer receives the proxy's metrics. Nil: a private registry
+	// (metrics are kept but not exported).
+	Registerer prometheus.Registerer
+	// Decisions writes one deduplicated line per decision about a listed
+	// host. Nil: no decision lines.
+	Decisions *decisionlog.Logger
+	// Clock returns the current time for decisions. Nil: time.Now.
+	// Timers (idle, lifetime, until) always run on the real clock.
+	Clock func() time.Time
+
+	// AllowedClients are the networks allowed to use the proxy. Empty:
+	// loopback only (127.0.0.0/8 and ::1). Balise is never an open proxy.
+	AllowedClients []netip.Prefix
+	// ConnectPorts are the destination ports CONNECT may reach. Empty: 443.
+	ConnectPorts []uint16
+	// DenyIPLiterals refuses tunnels to IP-literal destinations whose TLS
+	// server name is not a listed, allowed service. False (ip_literals =
+	// "allow"): such tunnels are decided on the address alone.
+	DenyIPLiterals bool
+
+	// Resolver is a DNS server "host:port" used to resolve destinations.
+	// Empty: the system resolver.
+	Resolver string
+	// DialTimeout bounds each connection to a destination. Zero: 10s.
+	DialTimeout time.Duration
+	// Parent is an upstream HTTP proxy every request and tunnel goes
+	// through (CONNECT for tunnels). Nil: connect directly.
+	Parent *url.URL
+	// ParentCredentialsFile holds "user:password" for the parent proxy
+	// (Basic authentication). Empty: no credentials. Read once by New.
+	ParentCredentialsFile string
+
+	// IdleTimeout closes tunnels that carried no byte in either direction
+	// for this long, and idle keep-alive client connections. Zero: 5m.
+	IdleTimeout time.Duration
+	// MaxTunnelLifetime closes any tunnel this long after it opened.
+	// Zero: 12h.
+	MaxTunnelLifetime time.Duration
+	// HeaderTimeout bounds reading a request's headers and a tunnel's
+	// TLS ClientHello. Zero: 10s.
+	HeaderTimeout time.Duration
+	// MaxHeaderBytes bounds a request's headers. Zero: 65536.
+	MaxHeaderBytes int
+	// MaxTunnelsPerClient caps the concurrent tunnels of one client
+	// address. Zero: 256. Negative: no cap.
+	MaxTunnelsPerClient int
+
+	// PortalURL is the public address of the portal, used for links on
+	// block pages. Empty: no link.
+	PortalURL string
+	// PACProxy is the "host:port" written in the PAC file. Empty: the
+	// address the PAC file was fetched from.
+	PACProxy string
+	// ServiceHosts maps a listed service id to one of its host names; the
+	// portal decides on it to show the caller what it may reach now. A
+	// service missing here is decided on a host Balise has seen for it
+	// since it started, or shown without a verdict. Nil: only those.
+	ServiceHosts map[string]string
+	// DirectDomains go DIRECT in the PAC file (with their subdomains).
+	DirectDomains []string
+	// DirectNetworks go DIRECT in the PAC file.
+	DirectNetworks []netip.Prefix
+
+	// CA is the institution's CA used to show the block page on blocked
+	// HTTPS connections (and only on those). Nil: blocked CONNECTs get a
+	// 403 with a Proxy-Status header.
+	CA *CA
+	// LeafValidity is the validity of block-page certificates. Zero: 24h.
+	LeafValidity time.Duration
+	// CertCacheSize bounds the block-page certificate cache. Zero: 1024.
+	CertCacheSize int
+
+	// Institution is the institution's name shown on the block page.
+	// Empty: not shown.
+	Institution string
+	// BlockMessage and BlockMessageEN explain the institution's rule on
+	// the block page (French, English). Empty: a generic sentence.
+	BlockMessage   string
+	BlockMessageEN string
+	// Exceptions is the exception-request register. Nil: no form on the
+	// block page and /.balise/ answers 404.
+	Exceptions Exceptions
+}
+
+func (o *Options) setDefaults() {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	if len(o.AllowedClients) == 0 {
+		o.AllowedClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	}
+	if len(o.ConnectPorts) == 0 {
+		o.ConnectPorts = []uint16{443}
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 10 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 5 * time.Minute
+	}
+	if o.MaxTunnelLifetime <= 0 {
+		o.MaxTunnelLifetime = 12 * time.Hour
+	}
+	if o.HeaderTimeout <= 0 {
+		o.HeaderTimeout = 10 * time.Second
+	}
+	if o.MaxHeaderBytes <= 0 {
+		o.MaxHeaderBytes = 65536
+	}
+	if o.MaxTunnelsPerClient == 0 {
+		o.MaxTunnelsPerClient = 256
+	}
+	if o.LeafValidity <= 0 {
+		o.LeafValidity = 24 * time.Hour
+	}
+	if o.CertCacheSize <= 0 {
+		o.CertCacheSize = 1024
+	}
+}

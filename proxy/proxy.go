@@ -1,0 +1,388 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/balise-net/balise/internal/decisionlog"
+	"github.com/balise-net/balise/internal/policy"
+	"github.com/elazarl/goproxy"
+)
+
+// Proxy is Balise's HTTP(S) proxy front-end. It is safe for concurrent
+// use; one Proxy may serve several listeners.
+type Proxy struct {
+	opts   Options
+	m      *metrics
+	gp     *goproxy.ProxyHttpServer
+	dial   *dialer
+	certs  *certCache // nil without a CA
+	icept  *interceptor
+	ports  map[uint16]bool
+	tr     *http.Transport
+	tunnel tunnelSet
+
+	seenHosts    sync.Map // service id -> a host seen for it (for the portal)
+	serviceHosts atomic.Pointer[map[string]string]
+
+	selfMu sync.RWMutex
+	self   map[string]bool // "host:port" of our own listeners
+}
+
+// New returns a Proxy configured by opts. It fails when opts.Policy is
+// nil, when the parent proxy or its credentials are unusable, or when the
+// metrics cannot be registered.
+func New(opts Options) (*Proxy, error) {
+	if opts.Policy == nil {
+		return nil, errors.New("proxy: options: Policy is required")
+	}
+	opts.setDefaults()
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: metrics: %w", err)
+	}
+	p := &Proxy{opts: opts, m: m, ports: map[uint16]bool{}, self: map[string]bool{}}
+	for _, port := range opts.ConnectPorts {
+		p.ports[port] = true
+	}
+	p.tunnel.init()
+	p.dial, err = newDialer(&p.opts, func(d time.Duration) { m.dialDuration.Observe(d.Seconds()) })
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if opts.CA != nil {
+		p.certs, err = newCertCache(opts.CA, opts.LeafValidity, opts.CertCacheSize, m.certHits.Inc, m.certMisses.Inc)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+	}
+	p.icept = newInterceptor(p)
+	p.SetServiceHosts(opts.ServiceHosts)
+
+	p.tr = &http.Transport{
+		Proxy:                  p.dial.proxyURL,
+		DialContext:            p.dialContextTimed,
+		MaxIdleConns:           4096,
+		MaxIdleConnsPerHost:    512,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    opts.DialTimeout,
+		ExpectContinueTimeout:  time.Second,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: int64(opts.MaxHeaderBytes) * 4,
+	}
+	gp := goproxy.NewProxyHttpServer()
+	gp.Logger = log.New(io.Discard, "", 0)
+	gp.Tr = p.tr
+	gp.ConnectDial = nil
+	gp.KeepAcceptEncoding = true
+	gp.NonproxyHandler = http.HandlerFunc(p.servePortal)
+	gp.OnRequest().DoFunc(p.onRequest)
+	gp.OnRequest().HandleConnectFunc(func(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: p.hijackConnect}, host
+	})
+	p.gp = gp
+	return p, nil
+}
+
+func (p *Proxy) dialContextTimed(ctx context.Context, network, addr string) (net.Conn, error) {
+	start := time.Now()
+	c, err := p.dial.dialDirect(ctx, network, addr)
+	if err == nil {
+		p.m.dialDuration.Observe(time.Since(start).Seconds())
+	}
+	return c, err
+}
+
+// SetServiceHosts replaces Options.ServiceHosts (after a reload). The
+// map must not be modified afterwards.
+func (p *Proxy) SetServiceHosts(m map[string]string) {
+	p.serviceHosts.Store(&m)
+}
+
+// ListenAndServe listens on addr (TCP) and serves until ctx ends.
+func (p *Proxy) ListenAndServe(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return p.Serve(ctx, ln)
+}
+
+// Serve answers proxy requests on ln until ctx ends, then closes ln, the
+// idle client connections and every tunnel, and returns nil. It logs
+// msg="listening" with service=proxy and the bound address first.
+func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
+	return <-p.Start(ctx, ln)
+}
+
+// Start is Serve in the background: it logs msg="listening" before it
+// returns, then serves ln until ctx ends; the channel receives Serve's
+// result.
+func (p *Proxy) Start(ctx context.Context, ln net.Listener) <-chan error {
+	addr := ln.Addr().String()
+	p.addSelf(ln.Addr())
+	srv := &http.Server{
+		Handler:           p,
+		ReadHeaderTimeout: p.opts.HeaderTimeout,
+		IdleTimeout:       p.opts.IdleTimeout,
+		MaxHeaderBytes:    p.opts.MaxHeaderBytes,
+		ErrorLog:          log.New(io.Discard, "", 0),
+		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	p.opts.Logger.Info("listening", "service", "proxy", "addr", addr)
+	result := make(chan error, 1)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		select {
+		case err := <-errc:
+			p.shutdown(srv)
+			result <- err
+		case <-ctx.Done():
+			p.shutdown(srv)
+			<-errc
+			result <- nil
+		}
+	}()
+	return result
+}
+
+func (p *Proxy) shutdown(srv *http.Server) {
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	p.tunnel.closeAll(causeShutdown, 5*time.Second)
+	p.icept.close()
+}
+
+func (p *Proxy) addSelf(a net.Addr) {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return
+	}
+	p.selfMu.Lock()
+	defer p.selfMu.Unlock()
+	port := strconv.Itoa(int(ap.Port()))
+	p.self[ap.String()] = true
+	if ap.Addr().IsUnspecified() || ap.Addr().IsLoopback() {
+		p.self["localhost:"+port] = true
+		p.self["127.0.0.1:"+port] = true
+		p.self["[::1]:"+port] = true
+	}
+}
+
+// isSelf reports whether an absolute URL's authority names one of our
+// own listeners, so that the request is answered by the portal instead of
+// looping through the proxy.
+func (p *Proxy) isSelf(u string) bool {
+	host, port, err := net.SplitHostPort(u)
+	if err != nil {
+		host, port = u, "80"
+	}
+	key := net.JoinHostPort(strings.ToLower(strings.TrimSuffix(host, ".")), port)
+	p.selfMu.RLock()
+	defer p.selfMu.RUnlock()
+	return p.self[key]
+}
+
+// clientAddr returns the client's address from a request's RemoteAddr.
+func clientAddr(remote string) netip.Addr {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+func (p *Proxy) allowed(c netip.Addr) bool {
+	if !c.IsValid() {
+		return false
+	}
+	for _, n := range p.opts.AllowedClients {
+		if n.Contains(c) {
+			return true
+		}
+	}
+	return false
+}
+
+// ServeHTTP is the proxy listener's handler: the client check, then
+// CONNECT, the portal, or plain HTTP forwarding.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	client := clientAddr(r.RemoteAddr)
+	if !p.allowed(client) {
+		p.m.refusals[modeExplicit][refusalClient].Inc()
+		p.refuse(w, http.StatusForbidden, "http_request_denied", "client address not allowed to use this proxy",
+			"Balise : ce proxy ne dessert pas votre adresse.\nBalise: this proxy does not serve your address.\n")
+		return
+	}
+	if r.Method == http.MethodConnect {
+		p.gp.ServeHTTP(&hijackWriter{ResponseWriter: w}, r)
+		return
+	}
+	if !r.URL.IsAbs() || p.isSelf(r.URL.Host) {
+		p.servePortal(w, r)
+		return
+	}
+	if r.URL.Scheme != "http" && r.URL.Scheme != "https" {
+		p.m.refusals[modeExplicit][refusalBadRequest].Inc()
+		p.refuse(w, http.StatusBadRequest, "http_request_error", "unsupported scheme", "Balise: unsupported scheme\n")
+		return
+	}
+	if strings.Contains(r.Header.Get("Via"), viaToken) {
+		p.m.refusals[modeExplicit][refusalBadRequest].Inc()
+		p.refuse(w, http.StatusLoopDetected, "http_request_error", "request loop", "Balise: request loop\n")
+		return
+	}
+	if strings.HasPrefix(r.URL.Path, ReservedPath) {
+		pol := p.opts.Policy.Load()
+		d := pol.Decide(policy.Query{Host: r.URL.Hostname(), Client: client, Time: p.opts.Clock()})
+		if d.Verdict == policy.Block {
+			p.serveReserved(w, r, client)
+			return
+		}
+	}
+	p.gp.ServeHTTP(w, r)
+}
+
+const viaToken = "balise"
+
+// refuse answers a request Balise will not carry, with an RFC 9209
+// Proxy-Status header.
+func (p *Proxy) refuse(w http.ResponseWriter, status int, errType, details, body string) {
+	h := w.Header()
+	h.Set("Proxy-Status", proxyStatus(errType, details))
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Connection", "close")
+	w.WriteHeader(status)
+	io.WriteString(w, body)
+}
+
+// onRequest decides a plain HTTP (absolute-form) request.
+func (p *Proxy) onRequest(r *http.Request, _ *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+	client := clientAddr(r.RemoteAddr)
+	host := r.URL.Hostname()
+	pol := p.opts.Policy.Load()
+	now := p.opts.Clock()
+	d := pol.Decide(policy.Query{Host: host, Client: client, Time: now})
+	if d.Invalid {
+		p.m.refusals[modeExplicit][refusalBadRequest].Inc()
+		return r, textResponse(r, http.StatusBadRequest, proxyStatus("http_request_error", "invalid host name"), "Balise: invalid host name\n")
+	}
+	p.m.request(modeExplicit, kindHTTP, d, -1)
+	p.logDecision("http", client, host, d, now)
+	if d.Verdict == policy.Block {
+		body := p.blockPage(pol, client, host, d, now, r.Header.Get("Accept-Language"))
+		return r, blockResponse(r, body)
+	}
+	r.Header.Add("Via", "1.1 "+viaToken)
+	return r, nil
+}
+
+func (p *Proxy) logDecision(front string, client netip.Addr, host string, d policy.Decision, now time.Time) {
+	if !d.Listed() {
+		return
+	}
+	if _, ok := p.seenHosts.Load(d.Service); !ok && !d.IP {
+		p.seenHosts.Store(d.Service, host)
+	}
+	if p.opts.Decisions == nil {
+		return
+	}
+	p.opts.Decisions.Log(now, decisionlog.Entry{Front: front, Client: client, Host: host, Decision: d})
+}
+
+func blockResponse(r *http.Request, body []byte) *http.Response {
+	resp := &http.Response{
+		StatusCode:    http.StatusForbidden,
+		Status:        "403 Forbidden",
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        http.Header{},
+		ContentLength: int64(len(body)),
+		Request:       r,
+		Body:          io.NopCloser(bytes.NewReader(body)),
+	}
+	setBlockHeaders(resp.Header, len(body))
+	if r.Method == http.MethodHead {
+		resp.Body = http.NoBody
+	}
+	return resp
+}
+
+func textResponse(r *http.Request, status int, ps, body string) *http.Response {
+	resp := &http.Response{
+		StatusCode:    status,
+		Status:        strconv.Itoa(status) + " " + http.StatusText(status),
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        http.Header{},
+		ContentLength: int64(len(body)),
+		Request:       r,
+		Body:          io.NopCloser(strings.NewReader(body)),
+	}
+	resp.Header.Set("Content-Type", "text/plain; charset=utf-8")
+	resp.Header.Set("Cache-Control", "no-store")
+	if ps != "" {
+		resp.Header.Set("Proxy-Status", ps)
+	}
+	return resp
+}
+
+// serveReserved answers /.balise/ on a blocked host (and on the portal)
+// through the exception register.
+func (p *Proxy) serveReserved(w http.ResponseWriter, r *http.Request, client netip.Addr) {
+	if p.opts.Exceptions == nil {
+		http.NotFound(w, r)
+		return
+	}
+	r2 := r.Clone(r.Context())
+	r2.RemoteAddr = client.String()
+	p.opts.Exceptions.ServeHTTP(w, r2)
+}
+
+// hijackWriter makes sure bytes the client sent right behind its CONNECT
+// request (already buffered by the HTTP server) are not lost on hijack.
+type hijackWriter struct {
+	http.ResponseWriter
+}
+
+func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := h.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("hijack not supported")
+	}
+	c, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		c = &prefixConn{Conn: c, prefix: append([]byte(nil), b...)}
+	}
+	return c, brw, nil
+}
+
+// logger returns the operational logger.
+func (p *Proxy) logger() *slog.Logger { return p.opts.Logger }

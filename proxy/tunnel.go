@@ -1,0 +1,349 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/balise-net/balise/internal/policy"
+)
+
+// tunnelSet tracks open tunnels (to close them on shutdown) and each
+// client's number of tunnels (for the per-client cap).
+type tunnelSet struct {
+	wg        sync.WaitGroup // every hijacked connection being handled
+	mu        sync.Mutex
+	perClient map[netip.Addr]int
+	open      map[*tunnel]struct{}
+	pending   map[net.Conn]struct{} // hijacked, not yet a tunnel
+	stopped   bool
+}
+
+func (s *tunnelSet) init() {
+	s.perClient = make(map[netip.Addr]int)
+	s.open = make(map[*tunnel]struct{})
+	s.pending = make(map[net.Conn]struct{})
+}
+
+// begin registers a hijacked connection until end is called; it reports
+// false (and closes c) when Balise is stopping.
+func (s *tunnelSet) begin(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		c.Close()
+		return false
+	}
+	s.wg.Add(1)
+	s.pending[c] = struct{}{}
+	return true
+}
+
+// settle marks c as no longer pending (it became a tunnel or is closed).
+func (s *tunnelSet) settle(c net.Conn) {
+	s.mu.Lock()
+	delete(s.pending, c)
+	s.mu.Unlock()
+}
+
+func (s *tunnelSet) end() { s.wg.Done() }
+
+// acquire takes one of client's slots; limit < 0 means no cap.
+func (s *tunnelSet) acquire(client netip.Addr, limit int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if limit >= 0 && s.perClient[client] >= limit {
+		return false
+	}
+	s.perClient[client]++
+	return true
+}
+
+func (s *tunnelSet) release(client netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := s.perClient[client]; n <= 1 {
+		delete(s.perClient, client)
+	} else {
+		s.perClient[client] = n - 1
+	}
+}
+
+func (s *tunnelSet) add(t *tunnel) {
+	s.mu.Lock()
+	s.open[t] = struct{}{}
+	stopped := s.stopped
+	s.mu.Unlock()
+	if stopped {
+		t.close(causeShutdown)
+	}
+}
+
+func (s *tunnelSet) remove(t *tunnel) {
+	s.mu.Lock()
+	delete(s.open, t)
+	s.mu.Unlock()
+}
+
+// closeAll closes every tunnel and pending connection with cause and
+// waits (at most wait) for their handlers to finish.
+func (s *tunnelSet) closeAll(cause int, wait time.Duration) {
+	s.mu.Lock()
+	s.stopped = true
+	ts := make([]*tunnel, 0, len(s.open))
+	for t := range s.open {
+		ts = append(ts, t)
+	}
+	for c := range s.pending {
+		c.Close()
+	}
+	s.mu.Unlock()
+	for _, t := range ts {
+		t.close(cause)
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(wait):
+	}
+}
+
+func (s *tunnelSet) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.open)
+}
+
+// tunnel is one spliced client-origin byte stream.
+type tunnel struct {
+	p          *Proxy
+	mode       int
+	client     net.Conn // raw client socket
+	origin     net.Conn
+	clientAddr netip.Addr
+	hosts      []string  // listed hosts the tunnel was decided on
+	replay     []byte    // client bytes already read, sent to the origin first
+	until      time.Time // when the decision must be checked again (zero: never)
+
+	last     [2]atomic.Int64 // unix nanoseconds of the last byte seen per direction
+	running  atomic.Int32    // pipes still running
+	closing  atomic.Bool
+	cause    atomic.Int32
+	once     sync.Once
+	timerMu  sync.Mutex
+	untilT   *time.Timer
+	lifetime *time.Timer
+}
+
+// startTunnel carries bytes both ways until both sides finish, an
+// error, a timeout, the decision's end or shutdown. It returns at once:
+// two goroutines own the tunnel (the hijacked connection's server
+// goroutine, with its buffers, is let go), and the last of them to finish
+// cleans up, releases the client's slot and ends the hijack's tracking.
+func (p *Proxy) startTunnel(t *tunnel) {
+	t.cause.Store(causeClosed)
+	now := time.Now().UnixNano()
+	t.last[0].Store(now)
+	t.last[1].Store(now)
+	p.tunnel.add(t)
+	p.tunnel.settle(t.client)
+	p.m.tunnelsActive[t.mode].Inc()
+
+	origin, oprefix := unwrapPrefix(t.origin)
+	t.origin = origin
+	if len(t.replay) > 0 && !t.closing.Load() {
+		origin.SetWriteDeadline(time.Now().Add(p.opts.HeaderTimeout))
+		n, err := origin.Write(t.replay)
+		origin.SetWriteDeadline(time.Time{})
+		p.m.tunnelBytes[t.mode][dirUpstream].Add(float64(n))
+		if err != nil {
+			t.close(causeError)
+		}
+		t.replay = nil
+	}
+	if len(oprefix) > 0 && !t.closing.Load() {
+		t.client.SetWriteDeadline(time.Now().Add(p.opts.HeaderTimeout))
+		n, err := t.client.Write(oprefix)
+		t.client.SetWriteDeadline(time.Time{})
+		p.m.tunnelBytes[t.mode][dirDownstream].Add(float64(n))
+		if err != nil {
+			t.close(causeError)
+		}
+	}
+	if t.closing.Load() {
+		t.finish()
+		return
+	}
+	t.timerMu.Lock()
+	t.lifetime = time.AfterFunc(p.opts.MaxTunnelLifetime, func() { t.close(causeLifetime) })
+	if !t.until.IsZero() {
+		t.armUntilLocked(t.until)
+	}
+	t.timerMu.Unlock()
+
+	t.running.Store(2)
+	go t.pipeAndFinish(t.client, t.origin, dirDownstream)
+	go t.pipeAndFinish(t.origin, t.client, dirUpstream)
+}
+
+func (t *tunnel) pipeAndFinish(dst, src net.Conn, dir int) {
+	t.pipe(dst, src, dir)
+	if t.running.Add(-1) == 0 {
+		t.finish()
+	}
+}
+
+// finish releases everything the tunnel holds.
+func (t *tunnel) finish() {
+	p := t.p
+	t.timerMu.Lock()
+	t.closing.Store(true)
+	if t.lifetime != nil {
+		t.lifetime.Stop()
+	}
+	if t.untilT != nil {
+		t.untilT.Stop()
+	}
+	t.timerMu.Unlock()
+	t.closeConns()
+	p.tunnel.remove(t)
+	p.tunnel.release(t.clientAddr)
+	p.m.tunnelsActive[t.mode].Dec()
+	p.m.tunnelsClosed[t.mode][t.cause.Load()].Inc()
+	p.tunnel.end()
+}
+
+// pipe copies src to dst. Between bursts it waits for src to become
+// readable without holding any buffer or pipe, then moves exactly the
+// bytes available with io.CopyN, which splices between TCP sockets on
+// Linux (zero-copy, pooled pipes). The read deadline is renewed in slices
+// so that a tunnel idle in both directions for IdleTimeout is closed.
+func (t *tunnel) pipe(dst, src net.Conn, dir int) {
+	idle := t.p.opts.IdleTimeout
+	slice := min(max(idle/4, 50*time.Millisecond), 30*time.Second)
+	other := 1 - dir
+	var rc syscall.RawConn
+	if sc, ok := src.(syscall.Conn); ok && haveWaitReadable {
+		rc, _ = sc.SyscallConn()
+	}
+	for {
+		if t.closing.Load() {
+			return
+		}
+		src.SetReadDeadline(time.Now().Add(slice))
+		var n int64
+		var err error
+		eof := false
+		if rc != nil {
+			var avail int
+			avail, err = waitReadable(rc)
+			if err == nil {
+				if avail == 0 {
+					eof = true
+				} else {
+					n, err = io.CopyN(dst, src, int64(avail))
+					if err == io.EOF {
+						err, eof = nil, true
+					}
+				}
+			}
+		} else {
+			n, err = io.Copy(dst, src)
+			eof = err == nil
+		}
+		now := time.Now()
+		if n > 0 {
+			t.p.m.tunnelBytes[t.mode][dir].Add(float64(n))
+			t.last[dir].Store(now.UnixNano())
+		}
+		if eof { // src finished sending: pass the half-close on
+			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			} else {
+				t.close(causeClosed)
+			}
+			return
+		}
+		if err == nil {
+			continue
+		}
+		if t.closing.Load() {
+			return
+		}
+		if !isTimeout(err) || errors.Is(err, net.ErrClosed) {
+			t.close(causeError)
+			return
+		}
+		lastAny := max(t.last[dir].Load(), t.last[other].Load())
+		if now.Sub(time.Unix(0, lastAny)) >= idle {
+			t.close(causeIdle)
+			return
+		}
+	}
+}
+
+// close ends the tunnel with cause (the first cause wins).
+func (t *tunnel) close(cause int) {
+	t.once.Do(func() {
+		t.cause.Store(int32(cause))
+		t.closing.Store(true)
+		t.closeConns()
+	})
+}
+
+func (t *tunnel) closeConns() {
+	t.client.Close()
+	if t.origin != nil {
+		t.origin.Close()
+	}
+}
+
+// armUntilLocked schedules the re-decision at at (timerMu held).
+func (t *tunnel) armUntilLocked(at time.Time) {
+	d := max(at.Sub(t.p.opts.Clock()), 10*time.Millisecond)
+	t.untilT = time.AfterFunc(d, t.recheck)
+}
+
+// recheck runs when the decision's until passes: if every listed host is
+// still allowed the tunnel lives on until the new until, otherwise it is
+// closed.
+func (t *tunnel) recheck() {
+	if t.closing.Load() {
+		return
+	}
+	pol := t.p.opts.Policy.Load()
+	now := t.p.opts.Clock()
+	var next time.Time
+	for _, h := range t.hosts {
+		d := pol.Decide(policy.Query{Host: h, Client: t.clientAddr, Time: now})
+		t.p.logDecision(frontOf(t.mode), t.clientAddr, h, d, now)
+		if d.Verdict == policy.Block {
+			t.close(causeUntil)
+			return
+		}
+		if d.Listed() && !d.Until.IsZero() && (next.IsZero() || d.Until.Before(next)) {
+			next = d.Until
+		}
+	}
+	if next.IsZero() {
+		return
+	}
+	t.timerMu.Lock()
+	if !t.closing.Load() {
+		t.armUntilLocked(next)
+	}
+	t.timerMu.Unlock()
+}
+
+func frontOf(mode int) string {
+	if mode == modeTransparent {
+		return "transparent"
+	}
+	return "connect"
+}

@@ -1,0 +1,231 @@
+// Command client drives the proxy benchmarks of tests/bench/proxy:
+//
+//	connect   new CONNECT + TLS handshake + one request per connection
+//	keepalive HTTPS requests over kept-alive tunnels
+//	tunnel    bytes per second through one tunnel from the origin's source
+//	idle      open N tunnels, report, and hold them until killed
+//
+// -proxy "" goes direct. Every answer's status is checked: only 200s count.
+package main
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+var (
+	proxyAddr = flag.String("proxy", "", "proxy host:port (empty: direct)")
+	target    = flag.String("target", "127.0.0.1:18443", "origin host:port")
+	certFile  = flag.String("cert", "origin.pem", "origin certificate to trust")
+	conc      = flag.Int("c", 32, "concurrent workers")
+	duration  = flag.Duration("d", 10*time.Second, "duration")
+	count     = flag.Int("n", 10000, "tunnels for idle")
+)
+
+func main() {
+	flag.Parse()
+	if flag.NArg() != 1 {
+		log.Fatal("usage: client [flags] connect|keepalive|tunnel|idle")
+	}
+	pem, err := os.ReadFile(*certFile)
+	if err != nil {
+		log.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	tlsCfg := &tls.Config{RootCAs: roots, ServerName: "origin.bench.test", NextProtos: []string{"http/1.1"}, ClientSessionCache: nil}
+	switch flag.Arg(0) {
+	case "connect":
+		runConnect(tlsCfg)
+	case "keepalive":
+		runKeepalive(tlsCfg)
+	case "tunnel":
+		runTunnel()
+	case "idle":
+		runIdle(tlsCfg)
+	default:
+		log.Fatalf("unknown mode %q", flag.Arg(0))
+	}
+}
+
+// dial opens a stream to addr, through the proxy when one is set.
+func dial(addr string) (net.Conn, error) {
+	if *proxyAddr == "" {
+		return net.DialTimeout("tcp", addr, 10*time.Second)
+	}
+	c, err := net.DialTimeout("tcp", *proxyAddr, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", addr, addr)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	if resp.StatusCode != 200 {
+		c.Close()
+		return nil, fmt.Errorf("CONNECT: %s", resp.Status)
+	}
+	if br.Buffered() > 0 {
+		c.Close()
+		return nil, fmt.Errorf("CONNECT: unexpected bytes")
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func runConnect(cfg *tls.Config) {
+	var ok, bad atomic.Int64
+	deadline := time.Now().Add(*duration)
+	var wg sync.WaitGroup
+	req := "GET / HTTP/1.1\r\nHost: origin.bench.test\r\nConnection: close\r\n\r\n"
+	for range *conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				c, err := dial(*target)
+				if err != nil {
+					bad.Add(1)
+					continue
+				}
+				tc := tls.Client(c, cfg)
+				tc.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.WriteString(tc, req); err != nil {
+					bad.Add(1)
+					tc.Close()
+					continue
+				}
+				resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				if err == nil && resp.StatusCode == 200 {
+					ok.Add(1)
+				} else {
+					bad.Add(1)
+				}
+				tc.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	fmt.Printf("connect: %.0f/s ok=%d failed=%d\n", float64(ok.Load())/duration.Seconds(), ok.Load(), bad.Load())
+}
+
+func runKeepalive(cfg *tls.Config) {
+	tr := &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: *conc, MaxConnsPerHost: *conc, ForceAttemptHTTP2: false}
+	if *proxyAddr != "" {
+		tr.Proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: *proxyAddr})
+	}
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	u := "https://" + *target + "/"
+	var ok, bad atomic.Int64
+	deadline := time.Now().Add(*duration)
+	var wg sync.WaitGroup
+	for range *conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				resp, err := client.Get(u)
+				if err != nil {
+					bad.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					ok.Add(1)
+				} else {
+					bad.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	fmt.Printf("keepalive: %.0f/s ok=%d failed=%d\n", float64(ok.Load())/duration.Seconds(), ok.Load(), bad.Load())
+}
+
+func runTunnel() {
+	c, err := dial(*target)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	c.Write([]byte{1})
+	n, err := io.Copy(io.Discard, c)
+	el := time.Since(start)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("tunnel: %d bytes in %v = %.0f MB/s\n", n, el.Round(time.Millisecond), float64(n)/el.Seconds()/1e6)
+}
+
+func runIdle(cfg *tls.Config) {
+	conns := make([]net.Conn, 0, *count)
+	sem := make(chan struct{}, 64)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	for range *count {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := dial(*target)
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			// An idle tunnel as browsers leave them: TLS up, one request
+			// answered, then nothing.
+			tc := tls.Client(c, cfg)
+			tc.SetDeadline(time.Now().Add(30 * time.Second))
+			io.WriteString(tc, "GET / HTTP/1.1\r\nHost: origin.bench.test\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+			if err != nil || resp.StatusCode != 200 {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, fmt.Sprint("request: ", err))
+				tc.Close()
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			tc.SetDeadline(time.Time{})
+			c = tc
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	fmt.Printf("idle: %d tunnels open, %d failed %v\n", len(conns), failed.Load(), firstErr.Load())
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT)
+	<-ch
+	for _, c := range conns {
+		c.Close()
+	}
+}
