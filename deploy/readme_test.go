@@ -41,3 +41,24 @@ func TestReadmeBrowserPolicies(t *testing.T) {
 		}
 	}
 }
+
+// TestReadmeMetrics checks that the guide's metrics table lists exactly
+// the metrics the alerts and dashboard may use.
+func TestReadmeMetrics(t *testing.T) {
+	readme := string(readFile(t, "README.md"))
+	rows := regexp.MustCompile("(?m)^\\| `(balise_[a-z0-9_]+)` \\|").FindAllStringSubmatch(readme, -1)
+	documented := map[string]bool{}
+	for _, r := range rows {
+		documented[r[1]] = true
+	}
+	for name := range knownMetrics {
+		if name != "up" && !documented[name] {
+			t.Errorf("README.md metrics table lacks %s", name)
+		}
+	}
+	for name := range documented {
+		if !knownMetrics[name] {
+			t.Errorf("README.md documents %s, which is not a known metric", name)
+		}
+	}
+}

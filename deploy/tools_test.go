@@ -87,6 +87,7 @@ var knownMetrics = map[string]bool{
 	"balise_exceptions_pending":                    true,
 	"balise_exceptions_oldest_pending_age_seconds": true,
 	"balise_exceptions_grants_active":              true,
+	"balise_exceptions_pending_overdue":            true,
 	"balise_exceptions_audit_write_errors_total":   true,
 	"balise_exceptions_notify_failures_total":      true,
 }

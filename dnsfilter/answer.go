@@ -18,6 +18,10 @@ import (
 // resolver, so browsers and operating systems keep using it.
 const ddrName = "_dns.resolver.arpa"
 
+// minPrefetchLife is the shortest cache lifetime for which an entry is
+// refreshed before it expires.
+const minPrefetchLife = int64(10 * time.Second)
+
 // Modes of serve.
 type mode uint8
 
@@ -79,6 +83,11 @@ func (f *Filter) serve(s *scratch, pkt []byte, client netip.Addr, p proto, start
 		f.m.count(p, verdictRefused, reasonRateLimit)
 		return errorResponse(out, pkt, q, dns.RcodeRefused), false
 	}
+	if q.qtype == dns.TypeAXFR || q.qtype == dns.TypeIXFR {
+		// Zone transfers are not a resolver's business.
+		f.m.count(p, verdictRefused, reasonTransfer)
+		return errorResponse(out, pkt, q, dns.RcodeRefused), false
+	}
 	if q.host == ddrName {
 		f.m.count(p, verdictAllow, reasonDDR)
 		return synthesize(out, pkt, q, dns.RcodeSuccess, nil, f.s.blockedTTL, true, -1, ""), false
@@ -101,6 +110,15 @@ func (f *Filter) serve(s *scratch, pkt []byte, client netip.Addr, p proto, start
 		e = f.cache.get(q.key)
 		if e != nil && nowNs < e.expires {
 			f.m.cacheHits.Inc()
+			if life := e.expires - e.stored; life >= minPrefetchLife && e.expires-nowNs < life/10 {
+				// In the last tenth of its life: refresh it in the
+				// background, so that a name in use never expires.
+				via := route
+				if via == nil {
+					via = f.upstreams
+				}
+				f.lookup(q, via)
+			}
 			return f.fromEntry(s, pkt, client, p, now, pl, route, d, e, false), false
 		}
 	}
@@ -113,6 +131,14 @@ func (f *Filter) serve(s *scratch, pkt []byte, client netip.Addr, p proto, start
 		via = f.upstreams
 	}
 	fl := f.lookup(q, via)
+	stale := e != nil && !f.s.DisableStale && nowNs < e.expires+f.s.StaleMaxAge.Nanoseconds()
+	if stale && via.allDown() {
+		// Every upstream failed recently: answer stale at once instead of
+		// making each client wait; the lookup refreshes the entry if an
+		// upstream is back (RFC 8767 section 5).
+		f.m.stale.Inc()
+		return f.fromEntry(s, pkt, client, p, now, pl, route, d, e, true), false
+	}
 	timer := time.NewTimer(f.s.ClientTimeout - time.Since(start))
 	select {
 	case <-fl.done:
@@ -136,7 +162,7 @@ func (f *Filter) serve(s *scratch, pkt []byte, client netip.Addr, p proto, start
 		return f.fromEntry(s, pkt, client, p, now, pl, route, d, e, true), false
 	}
 	f.m.count(p, verdictError, reasonUpstream)
-	return errorResponse(out, pkt, q, dns.RcodeServerFailure), false
+	return synthesize(out, pkt, q, dns.RcodeServerFailure, nil, 0, false, int(dns.ExtendedErrorCodeNoReachableAuthority), ""), false
 }
 
 // decide asks the policy about host. DNS names are wider than host names

@@ -270,7 +270,7 @@ func (e *entry) appendAnswer(out []byte, pkt []byte, q *query, now int64, stale 
 	if len(out)-start > limit {
 		// Too large for the client's UDP size: header and question with
 		// TC set, so that it retries over TCP.
-		out = out[:start+headerLen+q.qEnd-headerLen]
+		out = out[:start+q.qEnd]
 		msg = out[start:]
 		binary.BigEndian.PutUint16(msg[2:], flags|flagTC)
 		binary.BigEndian.PutUint16(msg[6:], 0)

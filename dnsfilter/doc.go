@@ -27,7 +27,16 @@
 // carry a TTL beyond the decision's Until, so that a break that starts or
 // ends reaches workstations within seconds.
 //
-// When every upstream fails, expired answers are served for up to
-// Options.StaleMaxAge with a short TTL (RFC 8767); a client waits at most
-// Options.ClientTimeout (1.8 s) for an answer, stale or SERVFAIL.
+// An entry in use is refreshed in the background during the last tenth of
+// its lifetime, so that popular names do not expire. When every upstream
+// fails, expired answers are served for up to Options.StaleMaxAge with a
+// short TTL and the Extended DNS Error "Stale Answer" (RFC 8767); a client
+// waits at most Options.ClientTimeout (1.8 s) for an answer, stale or
+// SERVFAIL.
+//
+// On Linux each UDP address is served by several SO_REUSEPORT sockets (one
+// per CPU by default) whose goroutines read and write datagrams in batches
+// (recvmmsg, sendmmsg); answers that need an upstream are completed by a
+// goroutine of their own, so a slow upstream never holds up cached
+// answers.
 package dnsfilter

@@ -128,6 +128,7 @@ func (f *Filter) Start(ctx context.Context) error {
 	for _, addr := range f.s.Listen {
 		if err := f.listen(ctx, addr); err != nil {
 			f.closeLocked()
+			f.cancel()
 			return err
 		}
 	}
@@ -161,7 +162,7 @@ func (f *Filter) Start(ctx context.Context) error {
 // listener on the same port.
 func (f *Filter) listen(ctx context.Context, addr string) error {
 	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
+	for attempt := 0; attempt < 20; attempt++ {
 		conns, ln, err := bindPair(ctx, addr, f.s.UDPSockets)
 		if err == nil {
 			f.udp = append(f.udp, conns...)
@@ -180,35 +181,40 @@ func (f *Filter) listen(ctx context.Context, addr string) error {
 }
 
 func bindPair(ctx context.Context, addr string, sockets int) ([]*net.UDPConn, net.Listener, error) {
-	lc := reusePortConfig(sockets > 1)
-	first, err := lc.ListenPacket(ctx, "udp", addr)
-	if err != nil {
-		return nil, nil, err
-	}
-	conns := []*net.UDPConn{first.(*net.UDPConn)}
-	bound := first.LocalAddr().String()
-	closeAll := func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}
-	if lc.Control != nil {
-		for i := 1; i < sockets; i++ {
-			c, err := lc.ListenPacket(ctx, "udp", bound)
-			if err != nil {
-				closeAll()
-				return nil, nil, err
-			}
-			conns = append(conns, c.(*net.UDPConn))
-		}
-	}
+	// TCP first: with port 0 the kernel picks a port free for TCP, where
+	// busy hosts have far more ports in use than for UDP.
 	var tlc net.ListenConfig
-	ln, err := tlc.Listen(ctx, "tcp", bound)
+	ln, err := tlc.Listen(ctx, "tcp", addr)
 	if err != nil {
-		closeAll()
 		return nil, nil, err
+	}
+	bound := ln.Addr().String()
+	lc := reusePortConfig(sockets > 1)
+	var conns []*net.UDPConn
+	for i := 0; i < sockets && (i == 0 || lc.Control != nil); i++ {
+		c, err := lc.ListenPacket(ctx, "udp", bound)
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			ln.Close()
+			return nil, nil, err
+		}
+		uc := c.(*net.UDPConn)
+		setBuffers(uc)
+		conns = append(conns, uc)
 	}
 	return conns, ln, nil
+}
+
+// udpBuffer is the socket buffer size asked for each UDP socket, so that
+// bursts wait in the kernel instead of being dropped. The kernel caps it
+// (net.core.rmem_max, wmem_max).
+const udpBuffer = 4 << 20
+
+func setBuffers(c *net.UDPConn) {
+	c.SetReadBuffer(udpBuffer)
+	c.SetWriteBuffer(udpBuffer)
 }
 
 // Addrs returns the bound addresses (UDP then TCP, per listen address).

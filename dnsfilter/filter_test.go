@@ -431,11 +431,29 @@ func TestServeStale(t *testing.T) {
 		if r.Rcode != dns.RcodeServerFailure {
 			t.Errorf("%s, never-seen name with upstream down: rcode %s, want SERVFAIL", network, dns.RcodeToString[r.Rcode])
 		}
+		if code, _ := ede(r); code != -1 {
+			t.Errorf("%s: EDE %d in an answer to a query without EDNS", network, code)
+		}
 		if took := time.Since(start); took > 2500*time.Millisecond {
 			t.Errorf("%s: SERVFAIL took %v, want under the client timer", network, took)
 		}
 	}
-	if got := value(t, f.m.stale); got < 3 {
+	r = ask(t, f.addr, "udp", "", "never2.example.org.", dns.TypeA, true)
+	if code, _ := ede(r); r.Rcode != dns.RcodeServerFailure || code != int(dns.ExtendedErrorCodeNoReachableAuthority) {
+		t.Errorf("never-seen name with EDNS, upstream down: %v, want SERVFAIL with EDE 22", r)
+	}
+	// The upstream is now marked down: stale answers come without waiting
+	// for it, and the up gauge says so.
+	if got := value(t, f.upstreams.ups[0].up); got != 0 {
+		t.Errorf("balise_dns_upstream_up = %v after repeated failures, want 0", got)
+	}
+	for range 3 {
+		r := ask(t, f.addr, "udp", "", "seen.example.org.", dns.TypeA, true)
+		if code, _ := ede(r); len(r.Answer) != 1 || r.Answer[0].Header().Ttl != 30 || code != int(dns.ExtendedErrorCodeStaleAnswer) {
+			t.Errorf("upstream marked down: %v, want the stale answer", r)
+		}
+	}
+	if got := value(t, f.m.stale); got < 6 {
 		t.Errorf("stale answers = %v, want >= 3", got)
 	}
 }
@@ -600,6 +618,12 @@ func TestMalformed(t *testing.T) {
 			t.Errorf("%s: malformed{%s} = %v, want %v", tc.name, malformedNames[tc.kind], got, before+1)
 		}
 	}
+	// Zone transfers are refused.
+	for _, network := range []string{"udp", "tcp"} {
+		if r := ask(t, f.addr, network, "", "example.org.", dns.TypeAXFR, false); r.Rcode != dns.RcodeRefused {
+			t.Errorf("AXFR over %s: rcode %s, want REFUSED", network, dns.RcodeToString[r.Rcode])
+		}
+	}
 	// The filter still answers.
 	if r := ask(t, f.addr, "udp", "", "ok.example.org.", dns.TypeA, false); r.Rcode != dns.RcodeSuccess {
 		t.Errorf("after malformed packets: rcode %s", dns.RcodeToString[r.Rcode])
@@ -669,5 +693,69 @@ func TestReadyAndMetrics(t *testing.T) {
 	}
 	if f.Ready() == nil {
 		t.Errorf("Ready with the only upstream down: nil, want an error")
+	}
+}
+
+func TestUnderscoreAndOddNames(t *testing.T) {
+	up := newStub(t)
+	f := startFilter(t, []string{up.addr}, nil)
+	tests := []struct {
+		name  string
+		qtype uint16
+		rcode int
+	}{
+		{"_dmarc.facebook.com.", dns.TypeTXT, dns.RcodeNameError},
+		{"_xmpp._tcp.www.facebook.com.", dns.TypeSRV, dns.RcodeNameError},
+		{"_8443._https.facebook.com.", dns.TypeHTTPS, dns.RcodeNameError},
+		{`we\.ird.facebook.com.`, dns.TypeA, dns.RcodeNameError},
+		{"_ldap._tcp.example.org.", dns.TypeSRV, dns.RcodeSuccess},
+		{`odd\ name.example.org.`, dns.TypeA, dns.RcodeSuccess},
+		{".", dns.TypeNS, dns.RcodeSuccess},
+	}
+	for _, tc := range tests {
+		r := ask(t, f.addr, "udp", "127.0.0.1", tc.name, tc.qtype, true)
+		if r.Rcode != tc.rcode {
+			t.Errorf("%s %s: rcode %s, want %s", tc.name, dns.TypeToString[tc.qtype], dns.RcodeToString[r.Rcode], dns.RcodeToString[tc.rcode])
+		}
+		if r.Question[0].Name != tc.name {
+			t.Errorf("%s: question echoed as %q", tc.name, r.Question[0].Name)
+		}
+	}
+}
+
+func TestPrefetch(t *testing.T) {
+	up := newStub(t)
+	clock := &fakeClock{now: time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)}
+	f := startFilter(t, []string{up.addr}, func(o *Options) { o.Clock = clock.Now })
+	const name = "popular.example.org."
+	up.set(name, behaviour{answer: []string{name + " 100 IN A 192.0.2.70"}})
+	ask(t, f.addr, "udp", "", name, dns.TypeA, false)
+	clock.Add(50 * time.Second)
+	ask(t, f.addr, "udp", "", name, dns.TypeA, false)
+	if n := up.count(name); n != 1 {
+		t.Fatalf("at half its life: upstream asked %d times, want 1", n)
+	}
+	clock.Add(45 * time.Second) // 5 s left of 100
+	r := ask(t, f.addr, "udp", "", name, dns.TypeA, false)
+	if len(r.Answer) != 1 || r.Answer[0].Header().Ttl != 5 {
+		t.Fatalf("in the last tenth: %v, want the cached answer with TTL 5", r.Answer)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for up.count(name) < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := up.count(name); n != 2 {
+		t.Fatalf("upstream asked %d times, want 2 (one background refresh)", n)
+	}
+	deadline = time.Now().Add(3 * time.Second)
+	for {
+		r = ask(t, f.addr, "udp", "", name, dns.TypeA, false)
+		if r.Answer[0].Header().Ttl == 100 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ttl := r.Answer[0].Header().Ttl; ttl != 100 {
+		t.Errorf("after the refresh: TTL %d, want 100", ttl)
 	}
 }

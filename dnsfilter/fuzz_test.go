@@ -24,23 +24,31 @@ func fuzzFilter(t testing.TB) *Filter {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cacheAnswer(t, f, &dns.CNAME{Hdr: dns.RR_Header{Name: "cached.example.org.", Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 300}, Target: "edge.fbcdn.net."})
+	cacheAnswer(t, f, &dns.A{Hdr: dns.RR_Header{Name: "plain.example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: []byte{192, 0, 2, 1}})
+	return f
+}
+
+// cacheAnswer stores an upstream answer made of rr (an A query for its
+// owner name) in f's cache.
+func cacheAnswer(t testing.TB, f *Filter, rr dns.RR) {
+	name := rr.Header().Name
 	m := new(dns.Msg)
-	m.SetQuestion("cached.example.org.", dns.TypeA)
+	m.SetQuestion(name, dns.TypeA)
 	m.Response = true
-	m.Answer = append(m.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: "cached.example.org.", Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 300}, Target: "edge.fbcdn.net."})
-	e, ok := newEntry(m, "cached.example.org.", f.s, time.Now().UnixNano())
+	m.Answer = append(m.Answer, rr)
+	e, ok := newEntry(m, name, f.s, time.Now().UnixNano())
 	if !ok {
 		t.Fatal("newEntry: not cacheable")
 	}
 	q := new(dns.Msg)
-	q.SetQuestion("cached.example.org.", dns.TypeA)
+	q.SetQuestion(name, dns.TypeA)
 	pkt, _ := q.Pack()
 	s := newScratch()
 	if parseQuery(pkt, s) != parseOK {
 		t.Fatal("parseQuery failed on a plain query")
 	}
 	f.cache.put(string(s.q.key), e)
-	return f
 }
 
 func FuzzServe(f *testing.F) {
@@ -48,7 +56,7 @@ func FuzzServe(f *testing.F) {
 		name  string
 		qtype uint16
 		edns  bool
-	}{{"cached.example.org.", dns.TypeA, false}, {"www.facebook.com.", dns.TypeHTTPS, true}, {"_dns.resolver.arpa.", dns.TypeSVCB, true}, {"use-application-dns.net.", dns.TypeA, false}, {".", dns.TypeNS, true}} {
+	}{{"cached.example.org.", dns.TypeA, false}, {"plain.example.org.", dns.TypeA, false}, {"www.facebook.com.", dns.TypeHTTPS, true}, {"_dns.resolver.arpa.", dns.TypeSVCB, true}, {"use-application-dns.net.", dns.TypeA, false}, {".", dns.TypeNS, true}} {
 		m := new(dns.Msg)
 		m.SetQuestion(q.name, q.qtype)
 		if q.edns {

@@ -48,15 +48,15 @@ func newStub(t *testing.T) *stub {
 	var ln net.Listener
 	for attempt := 0; ; attempt++ {
 		var err error
-		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		// The TCP port of the same number may be taken: try another.
-		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+		// The UDP port of the same number may be taken: try another.
+		if pc, err = net.ListenPacket("udp", ln.Addr().String()); err == nil {
 			break
 		}
-		pc.Close()
+		ln.Close()
 		if attempt == 10 {
 			t.Fatal(err)
 		}

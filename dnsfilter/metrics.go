@@ -38,14 +38,15 @@ var (
 	reasonMalformed  = numPolicyReasons + 3
 	reasonUpstream   = numPolicyReasons + 4 // every upstream failed, nothing stale
 	reasonNoPolicy   = numPolicyReasons + 5
-	numReasons       = numPolicyReasons + 6
+	reasonTransfer   = numPolicyReasons + 6 // AXFR, IXFR
+	numReasons       = numPolicyReasons + 7
 )
 
 func reasonName(r int) string {
 	if r < numPolicyReasons {
 		return policy.Reason(r).String()
 	}
-	return [...]string{"forward", "ddr", "ratelimit", "malformed", "upstream", "nopolicy"}[r-numPolicyReasons]
+	return [...]string{"forward", "ddr", "ratelimit", "malformed", "upstream", "nopolicy", "transfer"}[r-numPolicyReasons]
 }
 
 // Kinds of balise_dns_malformed_total.
@@ -106,6 +107,7 @@ func newMetrics(cacheLen func() int) *metrics {
 		add(verdictAllow, reasonForward)
 		add(verdictAllow, reasonDDR)
 		add(verdictRefused, reasonRateLimit)
+		add(verdictRefused, reasonTransfer)
 		add(verdictError, reasonMalformed)
 		add(verdictError, reasonUpstream)
 		add(verdictError, reasonNoPolicy)

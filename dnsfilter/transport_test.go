@@ -76,6 +76,15 @@ func TestDNSOverTLSUpstream(t *testing.T) {
 	if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "192.0.2.99" {
 		t.Errorf("through a DoT upstream: %v, want 192.0.2.99", r)
 	}
+	// The second query reuses the idle TLS connection.
+	if r := ask(t, f.Addrs()[0].String(), "udp", "", "dot2.example.org.", dns.TypeA, false); len(r.Answer) != 1 {
+		t.Errorf("second query through the DoT upstream: %v", r)
+	}
+	// Three exchanges (the first health probe and two queries), at most
+	// two at once: without reuse there would be three connections.
+	if n := len(f.upstreams.ups[0].idle); n < 1 || n > 2 {
+		t.Errorf("%d idle DoT connections, want 1 or 2 (reused)", n)
+	}
 	if s.count("dot.example.org.") != 1 {
 		t.Errorf("stub asked %d times, want 1", s.count("dot.example.org."))
 	}
@@ -150,5 +159,60 @@ func TestOptionsErrors(t *testing.T) {
 		if _, err := parseUpstream(u); err != nil {
 			t.Errorf("parseUpstream(%q) = %v, want nil", u, err)
 		}
+	}
+}
+
+func TestTCPSeveralQueriesPerConnection(t *testing.T) {
+	up := newStub(t)
+	f := startFilter(t, []string{up.addr}, nil)
+	conn, err := dns.DialTimeout("tcp", f.addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	names := []string{"one.example.org.", "www.facebook.com.", "two.example.org.", "one.example.org."}
+	for i, name := range names {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		m.Id = uint16(100 + i)
+		if err := conn.WriteMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, name := range names {
+		r, err := conn.ReadMsg()
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		if r.Id != uint16(100+i) || r.Question[0].Name != name {
+			t.Errorf("answer %d: id %d for %s, want %d for %s (in order)", i, r.Id, r.Question[0].Name, 100+i, name)
+		}
+	}
+}
+
+func TestServeDNSHandler(t *testing.T) {
+	up := newStub(t)
+	f := startFilter(t, []string{up.addr}, nil)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	srv := &dns.Server{PacketConn: pc, Handler: f.Filter, NotifyStartedFunc: func() { close(started) }}
+	go srv.ActivateAndServe()
+	<-started
+	defer srv.Shutdown()
+	for _, tc := range []struct {
+		name  string
+		rcode int
+	}{{"handler.example.org.", dns.RcodeSuccess}, {"www.facebook.com.", dns.RcodeNameError}, {"handler.example.org.", dns.RcodeSuccess}} {
+		r := ask(t, pc.LocalAddr().String(), "udp", "", tc.name, dns.TypeA, true)
+		if r.Rcode != tc.rcode {
+			t.Errorf("ServeDNS %s: rcode %s, want %s", tc.name, dns.RcodeToString[r.Rcode], dns.RcodeToString[tc.rcode])
+		}
+	}
+	if n := up.count("handler.example.org."); n != 1 {
+		t.Errorf("upstream asked %d times, want 1 (the cache is shared)", n)
 	}
 }

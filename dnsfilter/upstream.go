@@ -84,7 +84,10 @@ type upstream struct {
 	name     string
 	addr     string
 	udp, tcp *dns.Client
-	fails    atomic.Int32
+	// idle holds open DNS-over-TLS connections for reuse (nil for plain
+	// DNS), so that a cache miss does not pay a TLS handshake.
+	idle  chan *dns.Conn
+	fails atomic.Int32
 	// lastOK is when the active probe last got an answer (Unix ns).
 	lastOK atomic.Int64
 
@@ -99,6 +102,7 @@ func newUpstream(name string, timeout time.Duration, m *metrics) *upstream {
 	if a.tls {
 		c := &dns.Client{Net: "tcp-tls", Timeout: timeout, TLSConfig: &tls.Config{ServerName: a.serverName, MinVersion: tls.VersionTLS12}}
 		u.udp, u.tcp = c, c
+		u.idle = make(chan *dns.Conn, maxIdleTLS)
 	} else {
 		u.udp = &dns.Client{Net: "udp", Timeout: timeout, UDPSize: ednsSize}
 		u.tcp = &dns.Client{Net: "tcp", Timeout: timeout}
@@ -133,7 +137,13 @@ func (u *upstream) exchange(ctx context.Context, m *dns.Msg, timeout time.Durati
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
-	r, _, err := u.udp.ExchangeContext(tctx, m, u.addr)
+	var r *dns.Msg
+	var err error
+	if u.idle != nil {
+		r, err = u.exchangeTLS(tctx, m)
+	} else {
+		r, _, err = u.udp.ExchangeContext(tctx, m, u.addr)
+	}
 	if err == nil && r.Truncated && u.udp != u.tcp {
 		u.errors[errTruncated].Inc()
 		r, _, err = u.tcp.ExchangeContext(tctx, m, u.addr)
@@ -158,6 +168,42 @@ func (u *upstream) exchange(ctx context.Context, m *dns.Msg, timeout time.Durati
 		return nil, errFormerr, fmt.Errorf("rcode %s", dns.RcodeToString[r.Rcode])
 	}
 	return r, 0, nil
+}
+
+// maxIdleTLS bounds the idle DNS-over-TLS connections kept per upstream.
+const maxIdleTLS = 4
+
+// exchangeTLS sends m on an idle DNS-over-TLS connection if there is one
+// (and on a new one if that fails: the server may have closed it), and
+// keeps the connection for the next query.
+func (u *upstream) exchangeTLS(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
+	for {
+		var conn *dns.Conn
+		reused := false
+		select {
+		case conn = <-u.idle:
+			reused = true
+		default:
+			var err error
+			if conn, err = u.udp.DialContext(ctx, u.addr); err != nil {
+				return nil, err
+			}
+		}
+		r, _, err := u.udp.ExchangeWithConnContext(ctx, m, conn)
+		if err != nil {
+			conn.Close()
+			if reused && ctx.Err() == nil {
+				continue
+			}
+			return nil, err
+		}
+		select {
+		case u.idle <- conn:
+		default:
+			conn.Close()
+		}
+		return r, nil
+	}
 }
 
 // pool is an ordered list of upstreams with failover.
@@ -190,6 +236,16 @@ func (p *pool) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 		}
 	}
 	return nil, last
+}
+
+// allDown reports whether every upstream of p is marked down.
+func (p *pool) allDown() bool {
+	for _, u := range p.ups {
+		if u.fails.Load() < failThreshold {
+			return false
+		}
+	}
+	return true
 }
 
 // probe asks every upstream of p for name/qtype and records who answered.

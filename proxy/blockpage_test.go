@@ -171,3 +171,16 @@ func TestCertCache(t *testing.T) {
 		t.Errorf("near expiry: misses = %d, want 2", misses.Load())
 	}
 }
+
+func FuzzPreferEnglish(f *testing.F) {
+	for _, s := range []string{"", "fr-CA", "en-US,en;q=0.9", "fr;q=0.5,en;q=0.6", "en;q=abc", "*;q=1", ";;;,,,", "en;q=1e309"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := preferEnglish(s)
+		// English never wins without an English tag.
+		if got && !strings.Contains(strings.ToLower(s), "en") {
+			t.Fatalf("preferEnglish(%q) = true without any English tag", s)
+		}
+	})
+}

@@ -284,3 +284,9 @@ func readClientHello(c net.Conn, initial []byte, deadline time.Time, limit int) 
 		}
 	}
 }
+
+// errorsIsNotTLS reports errors that mean "no server name to read" rather
+// than a connection problem.
+func errorsIsNotTLS(err error) bool {
+	return errors.Is(err, ErrNotTLS) || errors.Is(err, errMalformedHello)
+}

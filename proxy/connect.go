@@ -55,7 +55,7 @@ func (p *Proxy) hijackConnect(req *http.Request, conn net.Conn, _ *goproxy.Proxy
 		writeConnectRefusal(raw, http.StatusBadRequest, proxyStatus("http_request_error", "CONNECT needs host:port"), "Balise: CONNECT needs host:port\n")
 		return
 	}
-	if !p.ports[uint16(port)] {
+	if !p.ports[uint16(port)] || p.isSelf(req.URL.Host) {
 		p.m.refusals[modeExplicit][refusalPort].Inc()
 		writeConnectRefusal(raw, http.StatusForbidden, proxyStatus("http_request_denied", "port "+portStr+" not allowed"),
 			"Balise : port non autorisé / port not allowed\n")
@@ -112,8 +112,9 @@ func (p *Proxy) hijackConnect(req *http.Request, conn net.Conn, _ *goproxy.Proxy
 		origin.Close()
 		return
 	}
-	t := p.checkHello(modeExplicit, raw, pre, client, host, uint16(port), d, pol, now)
+	t, intercepted := p.checkHello(modeExplicit, raw, pre, client, host, uint16(port), d, pol, now)
 	if t == nil {
+		released = released || intercepted
 		origin.Close()
 		return
 	}
@@ -124,10 +125,10 @@ func (p *Proxy) hijackConnect(req *http.Request, conn net.Conn, _ *goproxy.Proxy
 
 // checkHello reads the client's first bytes on an allowed tunnel and
 // decides on the TLS server name as well. It returns the tunnel to run,
-// or nil when the connection was refused (and closed, or handed to the
-// interceptor). The caller holds one slot of the client's tunnel cap;
-// when a tunnel is returned, the slot passes to it.
-func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr, host string, port uint16, d policy.Decision, pol *policy.Policy, now time.Time) *tunnel {
+// or nil when the connection was refused (and closed) or handed to the
+// interceptor (intercepted). The caller holds one slot of the client's
+// tunnel cap; it passes to the returned tunnel or to the interceptor.
+func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr, host string, port uint16, d policy.Decision, pol *policy.Policy, now time.Time) (t *tunnel, intercepted bool) {
 	deadline := time.Now().Add(p.opts.HeaderTimeout)
 	hello, ch, err := readClientHelloFrom(raw, pre, deadline, helloLimit)
 	switch {
@@ -137,7 +138,7 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 		// A protocol where the server speaks first: nothing to peek.
 	default:
 		raw.Close()
-		return nil
+		return nil, false
 	}
 	sni := ""
 	if err == nil && ch.ServerName != "" {
@@ -159,13 +160,11 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 				p.m.request(mode, kindConnect, sd, -1)
 				if p.certs != nil {
 					p.icept.serve(mode, raw, hello, client, sni, sd)
-					// the interceptor owns the slot now
-					return nil
+					return nil, true
 				}
-				p.tunnel.release(client)
 				raw.Write(tlsAccessDenied)
 				raw.Close()
-				return nil
+				return nil, false
 			}
 			final = sd
 			hosts = append(hosts, sni)
@@ -174,13 +173,12 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 	if d.IP && p.opts.DenyIPLiterals && (sni == "" || !final.Listed() || final.Verdict != policy.Allow) {
 		final.Verdict = policy.Block
 		p.m.request(mode, kindConnect, final, reasonIPLiteral)
-		p.tunnel.release(client)
 		raw.Write(tlsAccessDenied)
 		raw.Close()
-		return nil
+		return nil, false
 	}
 	p.m.request(mode, kindConnect, final, -1)
-	return &tunnel{p: p, mode: mode, client: raw, clientAddr: client, hosts: hosts, replay: hello, until: earliestUntil(d, final)}
+	return &tunnel{p: p, mode: mode, client: raw, clientAddr: client, hosts: hosts, replay: hello, until: earliestUntil(d, final)}, false
 }
 
 func earliestUntil(ds ...policy.Decision) time.Time {

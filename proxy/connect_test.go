@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/tls"
@@ -85,7 +86,12 @@ func TestConnectAllowed(t *testing.T) {
 	if resp.StatusCode != 200 || string(body) != "origin:/hello" {
 		t.Fatalf("GET through tunnel = %d %q, want 200 origin:/hello", resp.StatusCode, body)
 	}
-	e.waitMetric("balise_proxy_tunnels_closed_total", map[string]string{"mode": "explicit", "cause": "closed"}, 1, 5*time.Second)
+	e.waitMetric("balise_proxy_tunnels_active", map[string]string{"mode": "explicit"}, 0, 5*time.Second)
+	// The client hangs up after its answer: a clean close, or a reset.
+	if n := e.metric("balise_proxy_tunnels_closed_total", map[string]string{"cause": "closed"}) +
+		e.metric("balise_proxy_tunnels_closed_total", map[string]string{"cause": "error"}); n != 1 {
+		t.Errorf("tunnels_closed{closed|error} = %v, want 1", n)
+	}
 	if up := e.metric("balise_proxy_tunnel_bytes_total", map[string]string{"direction": "upstream"}); up < 100 {
 		t.Errorf("upstream tunnel bytes = %v, want the hello and request", up)
 	}
@@ -385,7 +391,7 @@ func TestIdleTimeoutAndHalfClose(t *testing.T) {
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	e := startEnv(t, testSpec(), func(o *Options) {
 		o.ConnectPorts = []uint16{mustPort(t, port)}
-		o.IdleTimeout = 400 * time.Millisecond
+		o.IdleTimeout = time.Second
 	})
 	// Half-close: the answer still comes back after CloseWrite.
 	c, br, code := rawConnect(t, e.addr, "", "unlisted.test:"+port)
@@ -407,15 +413,66 @@ func TestIdleTimeoutAndHalfClose(t *testing.T) {
 	defer quiet.Close()
 	busy.Write([]byte("x")) // non-TLS first bytes
 	quiet.Write([]byte("y"))
-	for range 10 {
+	for range 20 {
 		time.Sleep(100 * time.Millisecond)
 		if _, err := busy.Write([]byte("x")); err != nil {
 			t.Fatalf("busy tunnel closed: %v", err)
 		}
 	}
-	quiet.SetReadDeadline(time.Now().Add(3 * time.Second))
+	quiet.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := quiet.Read(make([]byte, 1)); err == nil || isTimeout(err) {
 		t.Errorf("quiet tunnel read = %v, want closed by idle timeout", err)
 	}
 	e.waitMetric("balise_proxy_tunnels_closed_total", map[string]string{"cause": "idle"}, 1, 2*time.Second)
+}
+
+func TestIPv6(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skip("no IPv6 loopback")
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "v6") })}
+	go srv.Serve(ln)
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	e := startEnv(t, testSpec(), func(o *Options) { o.ConnectPorts = []uint16{mustPort(t, port)} })
+	// The proxy listens on 127.0.0.1 in startEnv; reach a v6 origin both
+	// as plain HTTP and through a CONNECT to an IPv6 literal.
+	resp, err := e.client(nil, "").Get("http://[::1]:" + port + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "v6" {
+		t.Errorf("GET http://[::1] through the proxy = %q", body)
+	}
+	c, br, code := rawConnect(t, e.addr, "", "[::1]:"+port)
+	defer c.Close()
+	if code != 200 {
+		t.Fatalf("CONNECT [::1]:%s = %d", port, code)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	if string(body) != "v6" {
+		t.Errorf("GET through CONNECT [::1] = %q", body)
+	}
+	// A client on ::1 is in the default allowed_clients.
+	v6ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go e.p.Serve(ctx, v6ln)
+	c6, br6, code6 := rawConnect(t, v6ln.Addr().String(), "", "[::1]:"+port)
+	defer c6.Close()
+	_ = br6
+	if code6 != 200 {
+		t.Errorf("CONNECT from ::1 = %d, want 200", code6)
+	}
 }

@@ -168,13 +168,15 @@ func (e *env) client(roots *x509.CertPool, serverName string) *http.Client {
 	}
 }
 
-// metric returns the value of a counter or gauge series (0 if absent).
+// metric returns the sum of the counter or gauge series whose labels
+// include labels (0 if none).
 func (e *env) metric(name string, labels map[string]string) float64 {
 	e.t.Helper()
 	mfs, err := e.reg.Gather()
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	sum := 0.0
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -193,14 +195,14 @@ func (e *env) metric(name string, labels map[string]string) float64 {
 				}
 			}
 			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
+				sum += c.GetValue()
 			}
 			if g := m.GetGauge(); g != nil {
-				return g.GetValue()
+				sum += g.GetValue()
 			}
 		}
 	}
-	return 0
+	return sum
 }
 
 // waitMetric polls until a metric reaches want or the deadline passes.

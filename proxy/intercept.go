@@ -83,7 +83,14 @@ func (ic *interceptor) serve(mode int, raw net.Conn, pre []byte, client netip.Ad
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{"http/1.1"},
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return p.certs.get(name, time.Now())
+			// The name the browser asked for, so that it can show the page.
+			n := name
+			if hello.ServerName != "" {
+				if sni, err := policy.NormalizeHost(hello.ServerName); err == nil {
+					n = sni
+				}
+			}
+			return p.certs.get(n, time.Now())
 		},
 	}
 	tc := tls.Server(conn, cfg)

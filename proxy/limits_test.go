@@ -37,6 +37,7 @@ func TestTunnelCapPerClient(t *testing.T) {
 	defer b.Close()
 	a.Write([]byte("x"))
 	b.Write([]byte("x"))
+	e.waitMetric("balise_proxy_tunnels_active", map[string]string{"mode": "explicit"}, 2, 3*time.Second)
 	c, _, cc := rawConnect(t, e.addr, "", target)
 	c.Close()
 	other, _, co := rawConnect(t, e.addr, "127.0.0.2", target)
@@ -208,5 +209,43 @@ func TestShutdownClosesTunnels(t *testing.T) {
 	}
 	if got := e.metric("balise_proxy_tunnels_closed_total", map[string]string{"cause": "shutdown"}); got != 1 {
 		t.Errorf("tunnels_closed{shutdown} = %v, want 1", got)
+	}
+}
+
+// TestTunnelCapAfterRefusals checks that refused and intercepted tunnels
+// give back exactly the slot they took.
+func TestTunnelCapAfterRefusals(t *testing.T) {
+	_, _, port := originTLS(t)
+	ca, roots := testCA(t)
+	for _, withCA := range []bool{false, true} {
+		e := startEnv(t, testSpec(), func(o *Options) {
+			o.ConnectPorts = []uint16{mustPort(t, port)}
+			o.MaxTunnelsPerClient = 2
+			if withCA {
+				o.CA = ca
+			}
+		})
+		target := "unlisted.test:" + port
+		a, _, err := tlsOverTunnel(t, e.addr, "", target, "example.com", nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A tunnel refused (or intercepted) on its SNI, then closed.
+		if b, _, err := tlsOverTunnel(t, e.addr, "", target, "social.test", roots, false); err == nil {
+			b.Close()
+		}
+		time.Sleep(200 * time.Millisecond)
+		c, _, err := tlsOverTunnel(t, e.addr, "", target, "example.com", nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _, code := rawConnect(t, e.addr, "", target)
+		d.Close()
+		if code != http.StatusTooManyRequests {
+			t.Errorf("ca=%v: third concurrent tunnel with a cap of 2 = %d, want 429", withCA, code)
+		}
+		a.Close()
+		c.Close()
+		e.stop()
 	}
 }

@@ -25,7 +25,10 @@ const (
 var kindNames = [numKinds]string{"http", "connect"}
 
 // Extra decision reasons the proxy adds to the engine's.
-var reasonIPLiteral = len(reasonNamesEngine)
+var (
+	reasonIPLiteral = len(reasonNamesEngine)
+	reasonNoSNI     = len(reasonNamesEngine) + 1
+)
 
 var reasonNamesEngine = func() []string {
 	var out []string
@@ -35,7 +38,9 @@ var reasonNamesEngine = func() []string {
 	return out
 }()
 
-func reasonNames() []string { return append(append([]string(nil), reasonNamesEngine...), "ip_literal") }
+func reasonNames() []string {
+	return append(append([]string(nil), reasonNamesEngine...), "ip_literal", "no_sni")
+}
 
 const (
 	refusalClient = iota

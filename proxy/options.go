@@ -3,6 +3,7 @@ package proxy
 import (
 	"html/template"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -116,6 +117,19 @@ type Options struct {
 	// the block page (French, English). Empty: a generic sentence.
 	BlockMessage   string
 	BlockMessageEN string
+	// TPROXY makes transparent listeners take a connection's original
+	// destination from its local address (iptables/nftables TPROXY, with
+	// IP_TRANSPARENT listeners) instead of SO_ORIGINAL_DST (REDIRECT).
+	TPROXY bool
+	// DenyNoSNI refuses transparent HTTPS connections whose ClientHello
+	// carries no server name. False (no_sni = "allow"): they are decided
+	// on the destination address.
+	DenyNoSNI bool
+	// OriginalDestination returns where a redirected connection was going.
+	// Nil: SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST, or the local address
+	// with TPROXY.
+	OriginalDestination func(net.Conn) (netip.AddrPort, error)
+
 	// Exceptions is the exception-request register. Nil: no form on the
 	// block page and /.balise/ answers 404.
 	Exceptions Exceptions

@@ -144,9 +144,12 @@ func TestParentProxy(t *testing.T) {
 				w.WriteHeader(502)
 				return
 			}
-			w.WriteHeader(200)
-			c, brw, _ := w.(http.Hijacker).Hijack()
-			brw.Flush()
+			c, _, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				o.Close()
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
 			go func() { io.Copy(o, c); o.Close() }()
 			io.Copy(c, o)
 			c.Close()

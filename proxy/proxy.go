@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +38,7 @@ type Proxy struct {
 	ports  map[uint16]bool
 	tr     *http.Transport
 	tunnel tunnelSet
+	via    string // Via pseudonym, for loop detection
 
 	seenHosts    sync.Map // service id -> a host seen for it (for the portal)
 	serviceHosts atomic.Pointer[map[string]string]
@@ -61,6 +64,7 @@ func New(opts Options) (*Proxy, error) {
 		p.ports[port] = true
 	}
 	p.tunnel.init()
+	p.via = newViaToken()
 	p.dial, err = newDialer(&p.opts, func(d time.Duration) { m.dialDuration.Observe(d.Seconds()) })
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
@@ -92,6 +96,7 @@ func New(opts Options) (*Proxy, error) {
 	gp.KeepAcceptEncoding = true
 	gp.NonproxyHandler = http.HandlerFunc(p.servePortal)
 	gp.OnRequest().DoFunc(p.onRequest)
+	gp.OnResponse().DoFunc(upstreamError)
 	gp.OnRequest().HandleConnectFunc(func(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
 		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: p.hijackConnect}, host
 	})
@@ -247,7 +252,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, http.StatusBadRequest, "http_request_error", "unsupported scheme", "Balise: unsupported scheme\n")
 		return
 	}
-	if strings.Contains(r.Header.Get("Via"), viaToken) {
+	if strings.Contains(r.Header.Get("Via"), p.via) {
 		p.m.refusals[modeExplicit][refusalBadRequest].Inc()
 		p.refuse(w, http.StatusLoopDetected, "http_request_error", "request loop", "Balise: request loop\n")
 		return
@@ -263,7 +268,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.gp.ServeHTTP(w, r)
 }
 
-const viaToken = "balise"
+// newViaToken returns this instance's Via pseudonym: requests that
+// already carry it have looped back through Balise. Another Balise (a
+// parent or child proxy) has its own.
+func newViaToken() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return "balise-" + hex.EncodeToString(b[:])
+}
 
 // refuse answers a request Balise will not carry, with an RFC 9209
 // Proxy-Status header.
@@ -294,7 +306,7 @@ func (p *Proxy) onRequest(r *http.Request, _ *goproxy.ProxyCtx) (*http.Request, 
 		body := p.blockPage(pol, client, host, d, now, r.Header.Get("Accept-Language"))
 		return r, blockResponse(r, body)
 	}
-	r.Header.Add("Via", "1.1 "+viaToken)
+	r.Header.Add("Via", "1.1 "+p.via)
 	return r, nil
 }
 
@@ -309,6 +321,16 @@ func (p *Proxy) logDecision(front string, client netip.Addr, host string, d poli
 		return
 	}
 	p.opts.Decisions.Log(now, decisionlog.Entry{Front: front, Client: client, Host: host, Decision: d})
+}
+
+// upstreamError turns a failed forward into a 502 with an RFC 9209
+// Proxy-Status instead of goproxy's bare 500 with the error text.
+func upstreamError(resp *http.Response, ctx *goproxy.ProxyCtx) *http.Response {
+	if resp != nil || ctx.Error == nil {
+		return resp
+	}
+	return textResponse(ctx.Req, http.StatusBadGateway, proxyStatus(proxyStatusForDialError(ctx.Error), ""),
+		"Balise : destination injoignable / destination unreachable\n")
 }
 
 func blockResponse(r *http.Request, body []byte) *http.Response {

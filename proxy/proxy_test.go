@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -279,5 +280,58 @@ func TestInvalidHostAndLoop(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/x-ns-proxy-autoconfig" {
 		t.Errorf("GET proxy's own PAC through itself = %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}
+
+func TestUpstreamError(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	ln.Close()
+	e := startEnv(t, testSpec(), nil)
+	resp, err := e.client(nil, "").Get("http://unlisted.test:" + port + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 502 || !strings.Contains(resp.Header.Get("Proxy-Status"), "connection_refused") || strings.Contains(string(body), "dial tcp") {
+		t.Errorf("GET to a closed port = %d %q %q, want 502 with Proxy-Status and no internal error text", resp.StatusCode, resp.Header.Get("Proxy-Status"), body)
+	}
+	// CONNECT to the proxy itself is refused even on an allowed port.
+	_, self, _ := net.SplitHostPort(e.addr)
+	e.p.ports[mustPort(t, self)] = true // before any CONNECT: no concurrent access
+	c, _, code := rawConnect(t, e.addr, "", e.addr)
+	c.Close()
+	if code != 403 {
+		t.Errorf("CONNECT to the proxy itself = %d, want 403", code)
+	}
+}
+
+// TestLoopDetection sends a request through two Balise proxies chained
+// (the second as the first's parent): the chain works, and a request that
+// comes back to a proxy it already crossed is refused.
+func TestLoopDetection(t *testing.T) {
+	_, port := originHTTP(t)
+	parent := startEnv(t, testSpec(), nil)
+	pu, _ := url.Parse("http://" + parent.addr)
+	child := startEnv(t, testSpec(), func(o *Options) { o.Parent = pu })
+	resp, err := child.client(nil, "").Get("http://unlisted.test:" + port + "/chain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "origin:unlisted.test:"+port+"/chain" {
+		t.Errorf("GET through two chained proxies = %d %q", resp.StatusCode, body)
+	}
+	req, _ := http.NewRequest("GET", "http://unlisted.test:"+port+"/", nil)
+	req.Header.Set("Via", "1.1 "+child.p.via)
+	resp, err = child.client(nil, "").Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusLoopDetected {
+		t.Errorf("request carrying this proxy's Via = %d, want 508", resp.StatusCode)
 	}
 }

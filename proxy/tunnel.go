@@ -219,11 +219,16 @@ func (t *tunnel) finish() {
 	p.tunnel.end()
 }
 
-// pipe copies src to dst. Between bursts it waits for src to become
-// readable without holding any buffer or pipe, then moves exactly the
-// bytes available with io.CopyN, which splices between TCP sockets on
-// Linux (zero-copy, pooled pipes). The read deadline is renewed in slices
-// so that a tunnel idle in both directions for IdleTimeout is closed.
+// burst is how long a tunnel direction keeps splicing after data last
+// arrived before it returns to waiting without a pipe.
+const burst = 500 * time.Millisecond
+
+// pipe copies src to dst. An idle direction waits for src to become
+// readable without holding any buffer or pipe (waitReadable); once data
+// arrives it copies with io.Copy, which splices between TCP sockets on
+// Linux (zero-copy, a pooled pipe), until src stays quiet for a burst.
+// Read deadlines are renewed in slices so that a tunnel idle in both
+// directions for IdleTimeout is closed.
 func (t *tunnel) pipe(dst, src net.Conn, dir int) {
 	idle := t.p.opts.IdleTimeout
 	slice := min(max(idle/4, 50*time.Millisecond), 30*time.Second)
@@ -232,28 +237,32 @@ func (t *tunnel) pipe(dst, src net.Conn, dir int) {
 	if sc, ok := src.(syscall.Conn); ok && haveWaitReadable {
 		rc, _ = sc.SyscallConn()
 	}
+	waiting := rc != nil
 	for {
 		if t.closing.Load() {
 			return
 		}
-		src.SetReadDeadline(time.Now().Add(slice))
 		var n int64
 		var err error
 		eof := false
-		if rc != nil {
+		if waiting {
+			src.SetReadDeadline(time.Now().Add(slice))
 			var avail int
 			avail, err = waitReadable(rc)
 			if err == nil {
 				if avail == 0 {
 					eof = true
 				} else {
-					n, err = io.CopyN(dst, src, int64(avail))
-					if err == io.EOF {
-						err, eof = nil, true
-					}
+					waiting = false
+					continue
 				}
 			}
 		} else {
+			wait := slice
+			if rc != nil {
+				wait = min(burst, slice)
+			}
+			src.SetReadDeadline(time.Now().Add(wait))
 			n, err = io.Copy(dst, src)
 			eof = err == nil
 		}
@@ -270,9 +279,6 @@ func (t *tunnel) pipe(dst, src net.Conn, dir int) {
 			}
 			return
 		}
-		if err == nil {
-			continue
-		}
 		if t.closing.Load() {
 			return
 		}
@@ -280,6 +286,10 @@ func (t *tunnel) pipe(dst, src net.Conn, dir int) {
 			t.close(causeError)
 			return
 		}
+		if n > 0 {
+			continue // still busy: keep splicing
+		}
+		waiting = rc != nil
 		lastAny := max(t.last[dir].Load(), t.last[other].Load())
 		if now.Sub(time.Unix(0, lastAny)) >= idle {
 			t.close(causeIdle)

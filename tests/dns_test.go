@@ -33,13 +33,13 @@ func newDNSUpstream(t *testing.T) *dnsUpstream {
 	var ln net.Listener
 	for attempt := 0; ; attempt++ {
 		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 			t.Fatal(err)
 		}
-		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+		if pc, err = net.ListenPacket("udp", ln.Addr().String()); err == nil {
 			break
 		}
-		pc.Close()
+		ln.Close()
 		if attempt == 10 {
 			t.Fatal(err)
 		}
@@ -181,7 +181,7 @@ func (r digResult) maxTTL() uint32 {
 // dnsConfig is a policy with one listed service, "videos"
 // (videos-e2e.example), allowed for the "comms" group (127.0.0.2) and for
 // everyone during the pause window, whose text is given.
-func dnsConfig(upstream, window, metrics string) string {
+func dnsConfig(upstream, dc, window, metrics string) string {
 	return fmt.Sprintf(`timezone = "UTC"
 default_action = "block"
 
@@ -189,7 +189,7 @@ default_action = "block"
 name = "videos"
 display_name = "Videos E2E"
 category = "media-sharing"
-domains = ["videos-e2e.example"]
+domains = ["videos-e2e.example", "videos.corp-e2e.internal"]
 
 [[group]]
 name = "comms"
@@ -225,7 +225,11 @@ timeout = "300ms"
 blocked_ttl = "60s"
 stale_ttl = "30s"
 rate_limit = 0
-`, window, metrics, upstream)
+
+[[dns.forward]]
+zone = "corp-e2e.internal"
+upstreams = [%q]
+`, window, metrics, upstream, dc)
 }
 
 // hms formats an instant as HH:MM:SS in UTC.
@@ -242,7 +246,8 @@ func TestDNSEndToEnd(t *testing.T) {
 	start := now.Truncate(time.Second).Add(8 * time.Second)
 	end := start.Add(6 * time.Second)
 	window := "daily " + hms(start) + "-" + hms(end)
-	in := startBalise(t, dnsConfig(up.addr, window, "127.0.0.1:0"))
+	dc := newDNSUpstream(t) // the domain controller of corp-e2e.internal
+	in := startBalise(t, dnsConfig(up.addr, dc.addr, window, "127.0.0.1:0"))
 	addr := in.Addr("dns-udp")
 	if tcp := in.Addr("dns-tcp"); tcp != addr {
 		t.Fatalf("dns-tcp on %s, dns-udp on %s: want the same address", tcp, addr)
@@ -312,6 +317,20 @@ func TestDNSEndToEnd(t *testing.T) {
 		r = dnsLookup(t, "kdig", addr, "127.0.0.1", listed, "A", false)
 		if r.status != "NXDOMAIN" {
 			t.Errorf("after the window: status %s, want NXDOMAIN\n%s", r.status, r.raw)
+		}
+	})
+
+	t.Run("conditional forwarding", func(t *testing.T) {
+		// Listed, but in a forwarded zone: the policy does not apply, and
+		// the domain controller answers, not the default upstream.
+		for _, tool := range []string{"dig", "kdig"} {
+			r := dnsLookup(t, tool, addr, "127.0.0.1", "videos.corp-e2e.internal", "A", tool == "kdig")
+			if r.status != "NOERROR" || len(r.answers) != 1 {
+				t.Errorf("%s: forwarded listed name: status %s answers %v, want the DC's answer\n%s", tool, r.status, r.answers, r.raw)
+			}
+		}
+		if dc.count("videos.corp-e2e.internal") != 1 || up.count("videos.corp-e2e.internal") != 0 {
+			t.Errorf("DC asked %d times, default upstream %d times; want 1 and 0", dc.count("videos.corp-e2e.internal"), up.count("videos.corp-e2e.internal"))
 		}
 	})
 

@@ -3,6 +3,7 @@ package tests
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -11,11 +12,13 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/balise-net/balise/deploy"
 )
 
-// scrapeFamilies parses the instance's /metrics with Prometheus's own
+// opsScrapeFamilies parses the instance's /metrics with Prometheus's own
 // text parser.
-func scrapeFamilies(t *testing.T, in *instance) map[string]*dto.MetricFamily {
+func opsScrapeFamilies(t *testing.T, in *instance) map[string]*dto.MetricFamily {
 	t.Helper()
 	p := expfmt.NewTextParser(model.LegacyValidation)
 	fams, err := p.TextToMetricFamilies(strings.NewReader(in.Metrics()))
@@ -59,18 +62,26 @@ var wantLabels = map[string][]string{
 var metricNameSyntax = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
 
 // TestMetricNaming scrapes a running Balise, after traffic, and checks
-// every family against Balise's naming rules.
+// every family against Balise's naming rules, and that the operations
+// guide documents it.
 func TestMetricNaming(t *testing.T) {
-	in := startBalise(t, opsPolicy)
-	if _, ok := dnsAddr(in); ok {
-		queryBlocked(t, in) // creates samples whose labels must not name the client
+	in := opsStartFull(t)
+	if _, ok := opsDNSAddr(in); ok {
+		opsQueryBlocked(t, in) // creates samples whose labels must not name the client
 	}
-	fams := scrapeFamilies(t, in)
+	fams := opsScrapeFamilies(t, in)
 	if len(fams) == 0 {
 		t.Fatal("/metrics is empty")
 	}
+	readme, err := os.ReadFile("../deploy/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
 	balise := 0
 	for name, f := range fams {
+		if strings.HasPrefix(name, "balise_") && !strings.Contains(string(readme), "| `"+name+"` |") {
+			t.Errorf("%s is not in the metrics table of deploy/README.md", name)
+		}
 		if f.GetHelp() == "" {
 			t.Errorf("%s has no help text", name)
 		}
@@ -168,6 +179,33 @@ func TestFamilyProblems(t *testing.T) {
 		got := strings.Join(probs, "; ")
 		if tt.want == "" && got != "" || tt.want != "" && !strings.Contains(got, tt.want) {
 			t.Errorf("%s: familyProblems = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestDeployFilesUseExposedMetrics checks that every metric the shipped
+// alerts and dashboard query is one a running Balise exposes, with every
+// front-end and the exception register on: an alert on a name Balise does
+// not export would never fire.
+func TestDeployFilesUseExposedMetrics(t *testing.T) {
+	in := opsStartFull(t)
+	fams := opsScrapeFamilies(t, in)
+	used := map[string][]string{} // metric -> where
+	for where, expr := range opsDeployExprs(t) {
+		for _, n := range deploy.MetricNames(expr) {
+			used[n] = append(used[n], where)
+		}
+	}
+	if len(used) < 10 {
+		t.Fatalf("found %d metrics in the deployment files, want the alerts' and dashboard's", len(used))
+	}
+	for name, where := range used {
+		if name == "up" {
+			continue // added by Prometheus
+		}
+		if _, ok := fams[name]; !ok {
+			slices.Sort(where)
+			t.Errorf("%s is not exposed by balise, but %s use it", name, strings.Join(where, ", "))
 		}
 	}
 }

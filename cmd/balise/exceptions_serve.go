@@ -42,9 +42,10 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 	opt := exceptions.Options{
 		Store: st, CloseStore: true, AuditLog: ex.AuditLog, Durations: ex.Durations,
 		MaxPendingPerClient: ex.MaxPendingPerClient, MaxPerDayPerClient: ex.MaxPerDayPerClient,
-		ValidService: func(id string) bool { _, ok := rt.policy.Load().LookupService(id); return ok },
-		Registerer:   rt.reg,
-		Clock:        rt.now,
+		ValidService:      func(id string) bool { _, ok := rt.policy.Load().LookupService(id); return ok },
+		PendingAlertAfter: ex.PendingAlertAfter,
+		Registerer:        rt.reg,
+		Clock:             rt.now,
 	}
 	if ex.NotifyURL != "" {
 		notifier = exceptions.NewNotifier(exceptions.NotifierOptions{URL: ex.NotifyURL, Timeout: ex.NotifyTimeout, Logger: rt.log})
@@ -90,8 +91,8 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 	m.reg = reg
 	// The first snapshot is installed before the front-ends start.
 	if err := m.poll(ctx); err != nil {
-		reg.Close()
-		return err
+		m.lastErr = err
+		rt.log.Error("exception register unavailable", "error", err)
 	}
 	rt.exceptions = web
 	if notifier != nil {
@@ -154,7 +155,7 @@ func (m *exceptionsRunner) poll(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	grants, _, err := m.reg.Refresh(ctx, m.rt.now())
-	if err != nil {
+	if grants == nil && err != nil {
 		return err
 	}
 	m.mu.Lock()
@@ -167,7 +168,7 @@ func (m *exceptionsRunner) poll(ctx context.Context) error {
 		m.rt.SetGrants(grants)
 		m.rt.log.Info("exception grants updated", "grants", len(grants))
 	}
-	return nil
+	return err
 }
 
 // retention purges decided requests older than [exceptions] retention,

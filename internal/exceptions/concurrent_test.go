@@ -1,11 +1,14 @@
 package exceptions
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -133,4 +136,100 @@ func TestConcurrentAppendsProcesses(t *testing.T) {
 	if err := e.reg.Verify(context.Background()); err != nil {
 		t.Fatalf("Verify = %v", err)
 	}
+}
+
+// TestHelperSubmitter is run as a child process by TestKill9WhileSubmitting:
+// it submits requests forever, printing each id once Submit returned.
+func TestHelperSubmitter(t *testing.T) {
+	db, log := os.Getenv("BALISE_EXC_KILL_DB"), os.Getenv("BALISE_EXC_KILL_LOG")
+	if db == "" {
+		return
+	}
+	ctx := context.Background()
+	st, err := OpenSQLite(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(ctx, Options{Store: st, AuditLog: log, MaxPendingPerClient: -1, MaxPerDayPerClient: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	who := os.Getenv("BALISE_EXC_WHO")
+	for i := 0; ; i++ {
+		rc, err := r.Submit(ctx, sub("10.250.0."+who, "facebook", fmt.Sprintf("Demande %s-%d pour le test de robustesse", who, i)))
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(3)
+		}
+		fmt.Println("received", rc.ID)
+	}
+}
+
+func TestKill9WhileSubmitting(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns processes")
+	}
+	e := newEnv(t, nil)
+	received := map[string]bool{}
+	for round := 0; round < 8; round++ {
+		var cmds []*exec.Cmd
+		outs := make(chan []string, 2)
+		for p := 1; p <= 2; p++ {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperSubmitter$", "-test.count=1")
+			cmd.Env = append(os.Environ(), "BALISE_EXC_KILL_DB="+e.db, "BALISE_EXC_KILL_LOG="+e.log,
+				"BALISE_EXC_WHO="+strconv.Itoa(round*2+p))
+			stdout, _ := cmd.StdoutPipe()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			cmds = append(cmds, cmd)
+			go func() {
+				var ids []string
+				sc := bufio.NewScanner(stdout)
+				for sc.Scan() {
+					if id, ok := strings.CutPrefix(sc.Text(), "received "); ok {
+						ids = append(ids, id)
+					} else if strings.HasPrefix(sc.Text(), "error") {
+						ids = append(ids, "!"+sc.Text())
+					}
+				}
+				outs <- ids
+			}()
+		}
+		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond)
+		for _, c := range cmds {
+			c.Process.Kill() // SIGKILL
+		}
+		for range cmds {
+			for _, id := range <-outs {
+				if strings.HasPrefix(id, "!") {
+					t.Fatalf("submitter failed: %s", id[1:])
+				}
+				received[id] = true
+			}
+		}
+		for _, c := range cmds {
+			c.Wait()
+		}
+	}
+	if len(received) == 0 {
+		t.Fatal("no request was received")
+	}
+	ctx := context.Background()
+	r := e.open(t, nil)
+	if err := r.Repair(ctx); err != nil {
+		t.Fatalf("Repair after kills = %v", err)
+	}
+	if err := r.Verify(ctx); err != nil {
+		t.Fatalf("Verify after kills = %v", err)
+	}
+	logged := map[string]bool{}
+	readEvents(e.log, func(_ int, ev Event) error { logged[ev.ID] = true; return nil })
+	for id := range received {
+		if _, err := r.Get(ctx, id); err != nil || !logged[id] {
+			t.Errorf("%s was reported received but is missing (store: %v, log: %v)", id, err, logged[id])
+		}
+	}
+	orphaned, _ := os.ReadFile(e.log + ".orphaned")
+	t.Logf("%d requests received across 16 SIGKILLs; %d bytes of uncommitted lines set aside", len(received), len(orphaned))
 }

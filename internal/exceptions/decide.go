@@ -145,12 +145,17 @@ func (r *Register) close(ctx context.Context, id, by, reason string, from, to St
 type Stats struct {
 	Pending       int
 	OldestPending time.Time // zero when nothing is pending
-	ActiveGrants  int
+	// Overdue counts pending requests older than PendingAlertAfter.
+	Overdue      int
+	ActiveGrants int
 }
 
 // Refresh is the server's periodic task: it marks grants that ended by
 // now as expired (one expired event each), updates the gauges, and
-// returns the grants to hand to the policy engine.
+// returns the grants to hand to the policy engine. When the expiry events
+// cannot be written (a damaged audit log), Refresh still returns the
+// grants in force, which never include ended ones, with the error. The
+// grants are nil only when nothing could be read.
 func (r *Register) Refresh(ctx context.Context, now time.Time) ([]policy.Grant, Stats, error) {
 	var ended []string
 	err := r.opt.Store.View(ctx, func(tx ReadTx) error {
@@ -165,8 +170,9 @@ func (r *Register) Refresh(ctx context.Context, now time.Time) ([]policy.Grant, 
 	if err != nil {
 		return nil, Stats{}, err
 	}
+	var expireErr error
 	if len(ended) > 0 {
-		err = r.update(ctx, func(tx Tx, _ time.Time) ([]Event, error) {
+		expireErr = r.update(ctx, func(tx Tx, _ time.Time) ([]Event, error) {
 			var events []Event
 			for _, id := range ended {
 				q, err := tx.Request(id)
@@ -188,12 +194,9 @@ func (r *Register) Refresh(ctx context.Context, now time.Time) ([]policy.Grant, 
 			}
 			return events, nil
 		})
-		if err != nil {
-			return nil, Stats{}, err
-		}
 	}
 	var st Stats
-	var grants []policy.Grant
+	grants := []policy.Grant{} // non-nil even when empty: a computed snapshot
 	err = r.opt.Store.View(ctx, func(tx ReadTx) error {
 		pend, err := tx.Requests(Filter{Status: StatusPending})
 		if err != nil {
@@ -202,6 +205,11 @@ func (r *Register) Refresh(ctx context.Context, now time.Time) ([]policy.Grant, 
 		st.Pending = len(pend)
 		if len(pend) > 0 {
 			st.OldestPending = pend[0].Created
+		}
+		for _, q := range pend {
+			if now.Sub(q.Created) > r.opt.PendingAlertAfter {
+				st.Overdue++
+			}
 		}
 		appr, err := tx.Requests(Filter{Status: StatusApproved})
 		if err != nil {
@@ -221,6 +229,9 @@ func (r *Register) Refresh(ctx context.Context, now time.Time) ([]policy.Grant, 
 		return nil, Stats{}, err
 	}
 	r.metrics.observe(st, now)
+	if expireErr != nil {
+		return grants, st, fmt.Errorf("recording expired grants: %w", expireErr)
+	}
 	return grants, st, nil
 }
 

@@ -22,6 +22,7 @@ type Metrics struct {
 	requests      [numResults]prometheus.Counter
 	pending       prometheus.Gauge
 	oldestPending prometheus.Gauge
+	overdue       prometheus.Gauge
 	grantsActive  prometheus.Gauge
 	auditErrors   prometheus.Counter
 	notifyErrors  prometheus.Counter
@@ -30,7 +31,7 @@ type Metrics struct {
 // NewMetrics creates the register's metrics on reg:
 // balise_exceptions_requests_total{result}, balise_exceptions_pending,
 // balise_exceptions_oldest_pending_age_seconds,
-// balise_exceptions_grants_active, balise_exceptions_audit_write_errors_total
+// balise_exceptions_pending_overdue, balise_exceptions_grants_active, balise_exceptions_audit_write_errors_total
 // and balise_exceptions_notify_failures_total.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{}
@@ -49,6 +50,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		Name: "balise_exceptions_oldest_pending_age_seconds",
 		Help: "Age of the oldest pending exception request (0 when none is pending).",
 	})
+	m.overdue = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "balise_exceptions_pending_overdue",
+		Help: "Pending exception requests older than [exceptions] pending_alert_after.",
+	})
 	m.grantsActive = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "balise_exceptions_grants_active",
 		Help: "Exception grants in force now.",
@@ -61,7 +66,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		Name: "balise_exceptions_notify_failures_total",
 		Help: "New-request notifications that failed after every retry, or were dropped because the queue was full.",
 	})
-	for _, c := range []prometheus.Collector{reqs, m.pending, m.oldestPending, m.grantsActive, m.auditErrors, m.notifyErrors} {
+	for _, c := range []prometheus.Collector{reqs, m.pending, m.oldestPending, m.overdue, m.grantsActive, m.auditErrors, m.notifyErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -76,5 +81,6 @@ func (m *Metrics) observe(st Stats, now time.Time) {
 		age = now.Sub(st.OldestPending).Seconds()
 	}
 	m.oldestPending.Set(age)
+	m.overdue.Set(float64(st.Overdue))
 	m.grantsActive.Set(float64(st.ActiveGrants))
 }

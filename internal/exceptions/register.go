@@ -49,6 +49,9 @@ type Options struct {
 	Clock func() time.Time
 	// LockWait bounds the wait for the audit log's lock. Zero: 10 s.
 	LockWait time.Duration
+	// PendingAlertAfter is the age past which a pending request counts as
+	// overdue (balise_exceptions_pending_overdue). Zero: 24 hours.
+	PendingAlertAfter time.Duration
 }
 
 // DefaultDurations are the durations offered when none are configured.
@@ -83,6 +86,9 @@ func Open(ctx context.Context, opt Options) (*Register, error) {
 	}
 	if opt.LockWait == 0 {
 		opt.LockWait = 10 * time.Second
+	}
+	if opt.PendingAlertAfter == 0 {
+		opt.PendingAlertAfter = 24 * time.Hour
 	}
 	if opt.Registerer == nil {
 		opt.Registerer = prometheus.NewRegistry()

@@ -271,3 +271,52 @@ func TestStoreReopenAndMigration(t *testing.T) {
 		t.Fatalf("no WAL file: %v", err)
 	}
 }
+
+func TestRefreshGauges(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, nil)
+	e.mustSubmit(t, sub("10.0.0.1", "facebook", justification(0)))
+	e.clock.Add(20 * time.Hour)
+	e.mustSubmit(t, sub("10.0.0.2", "facebook", justification(0)))
+	id := e.mustSubmit(t, sub("10.0.0.3", "facebook", justification(0))).ID
+	if _, err := e.reg.Approve(ctx, id, Approval{By: "RSI", For: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Add(5 * time.Hour)
+	_, st, err := e.reg.Refresh(ctx, e.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := e.reg.metrics
+	for _, g := range []struct {
+		name string
+		got  float64
+		want float64
+	}{
+		{"pending", testCounter(m.pending), 2},
+		{"oldest_pending_age_seconds", testCounter(m.oldestPending), 25 * 3600},
+		{"pending_overdue", testCounter(m.overdue), 1},
+		{"grants_active", testCounter(m.grantsActive), 0},
+	} {
+		if g.got != g.want {
+			t.Errorf("balise_exceptions_%s = %v, want %v (stats %+v)", g.name, g.got, g.want, st)
+		}
+	}
+}
+
+func TestRefreshWithDamagedLog(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, nil)
+	a := e.mustSubmit(t, sub("10.0.0.1", "facebook", justification(0))).ID
+	b := e.mustSubmit(t, sub("10.0.0.2", "facebook", justification(0))).ID
+	e.reg.Approve(ctx, a, Approval{By: "RSI", For: time.Hour})
+	e.reg.Approve(ctx, b, Approval{By: "RSI", For: 2 * time.Hour})
+	os.WriteFile(e.log, nil, 0o600) // the log is lost
+	grants, _, err := e.reg.Refresh(ctx, e.clock.Now().Add(90*time.Minute))
+	if !errors.Is(err, ErrAudit) || len(grants) != 1 || grants[0].ID != b {
+		t.Fatalf("Refresh = %v, %v; want only %s's grant and ErrAudit", grants, err, b)
+	}
+	if q, _ := e.reg.Get(ctx, a); q.Status != StatusApproved {
+		t.Fatalf("%s status = %s: an expiry that could not be logged must not be stored", a, q.Status)
+	}
+}

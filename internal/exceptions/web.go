@@ -292,7 +292,8 @@ func (w *Web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		dur = -1 // rejected by Submit with a field message
 	}
 	lang := vals.Get("lang")
-	ctx, cancel := context.WithTimeout(r.Context(), w.opt.Timeout)
+	// A request being recorded is finished even if the browser goes away.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), w.opt.Timeout)
 	defer cancel()
 	rc, err := w.opt.Register.Submit(ctx, Submission{
 		Client: addr, Name: vals.Get("name"), Contact: vals.Get("contact"),

@@ -96,7 +96,8 @@ type Decision struct {
 	ServiceName string
 	// Category is the service's category ("" for unlisted hosts).
 	Category string
-	// Rule is the name of the rule that decided ("" unless Reason is ReasonRule).
+	// Rule is the name of the rule that decided ("" unless Reason is
+	// ReasonRule); an unnamed rule is "#N", N counting rules from 1.
 	Rule string
 	// Grant is the id of the grant that allowed ("" unless Reason is ReasonGrant).
 	Grant string
@@ -126,7 +127,8 @@ type Service struct {
 	Name string
 	// Category is one of the configured categories; rules match on it.
 	Category string
-	// Domains are blocked with every subdomain (label boundary).
+	// Domains are blocked with every subdomain (label boundary). When two
+	// services list the same name, the first in Spec.Services owns it.
 	Domains []string
 	// Exceptions are hosts (with their subdomains) under Domains that stay
 	// reachable for everyone: they classify as ReasonAllowList.
@@ -142,9 +144,10 @@ type Group struct {
 	// belongs to the group.
 	Networks []netip.Prefix
 	// DirectoryGroups are directory group names; a query whose Groups
-	// contain one of them belongs to the group.
+	// contain one of them belongs to the group (ASCII case-insensitive).
 	DirectoryGroups []string
-	// Users are user names that belong to the group.
+	// Users are user names that belong to the group (ASCII
+	// case-insensitive).
 	Users []string
 }
 
@@ -187,12 +190,15 @@ type Grant struct {
 	// Subject is a client address or prefix. Invalid (zero) when the
 	// grant is for a user.
 	Subject netip.Prefix
-	// User is the subject when the grant is for a user ("" otherwise).
+	// User is the subject when the grant is for a user ("" otherwise);
+	// it matches Query.User ASCII case-insensitively. A grant may have
+	// both a Subject and a User: either matches.
 	User string
 	// Services are service ids; "*" is every service.
 	Services []string
 	// NotBefore and NotAfter bound the grant: it applies in
-	// [NotBefore, NotAfter). A zero NotBefore means "from the start".
+	// [NotBefore, NotAfter). A zero NotBefore means "from the start"; a
+	// zero NotAfter makes the grant void (grants always end).
 	NotBefore, NotAfter time.Time
 }
 
@@ -210,14 +216,18 @@ type Spec struct {
 	// those of Services (a category with no service is valid). Nil: only
 	// the services' categories.
 	Categories []string
-	// AllowHosts always pass, with their subdomains (local allow lists).
+	// AllowHosts always pass, with their subdomains (local allow lists),
+	// even under a longer listed name or a canary.
 	AllowHosts []string
 	// Canaries are names blocked for everyone with ReasonCanary (browser
-	// DoH canary, iCloud Private Relay). Nil: none.
-	Canaries  []string
+	// DoH canary, iCloud Private Relay), with their subdomains; grants
+	// and rules do not lift them, AllowHosts do. Nil: none.
+	Canaries []string
+	// Groups are at most 64 (a client's membership is a 64-bit set).
 	Groups    []Group
 	Schedules []Schedule
 	Rules     []Rule
-	// MaxUntil bounds Decision.Until after Query.Time. Zero: 24 hours.
+	// MaxUntil bounds Decision.Until after Query.Time. Zero or negative:
+	// 24 hours.
 	MaxUntil time.Duration
 }

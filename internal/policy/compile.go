@@ -90,6 +90,9 @@ type compiled struct {
 	users      []nameBit
 
 	rules []rule
+	// svcRules lists, per service index, the rules whose services or
+	// categories include it, in order.
+	svcRules [][]int32
 }
 
 // New compiles spec. It reports the first inconsistency it finds (an
@@ -152,7 +155,7 @@ func (c *compiled) compileServices(spec *Spec) error {
 	// Most names have two or three labels: room for them and their
 	// parent markers.
 	b.entries = make([]rawEntry, 0, total*5/2)
-	var buf [nameBufLen]byte
+	var buf hostBuf
 	add := func(what, host string, kind, svc int) error {
 		n, k, err := normalizeASCII(&buf, host)
 		switch k {
@@ -452,6 +455,14 @@ func (c *compiled) compileRules(spec *Spec) error {
 			cr.week = newWeekSet(ws)
 		}
 		c.rules = append(c.rules, cr)
+	}
+	c.svcRules = make([][]int32, len(c.services))
+	for si := range c.services {
+		for ri := range c.rules {
+			if c.rules[ri].hasService(si) {
+				c.svcRules[si] = append(c.svcRules[si], int32(ri))
+			}
+		}
 	}
 	return nil
 }

@@ -104,24 +104,26 @@ func (p *Policy) GroupsOf(q Query) []string {
 // the first instant after q.Time at which Verdict, Reason, Rule or Grant
 // would differ for this client and host, considering window edges (with
 // DST), grant starts and ends, at most Spec.MaxUntil after q.Time.
-func (p *Policy) Decide(q Query) Decision {
+func (p *Policy) Decide(q Query) (d Decision) {
 	c := p.c
-	var buf [nameBufLen]byte
+	var buf hostBuf
 	n, kind, _ := normalizeASCII(&buf, q.Host)
 	switch kind {
 	case hostIP:
-		return Decision{IP: true}
+		d.IP = true
+		return d
 	case hostInvalid:
-		return Decision{Invalid: true}
+		d.Invalid = true
+		return d
 	case hostNonASCII:
 		a, err := NormalizeHost(q.Host)
 		if err != nil {
-			return Decision{Invalid: true}
+			d.Invalid = true
+			return d
 		}
 		n, _, _ = normalizeASCII(&buf, a)
 	}
 	svc, except, allow, canary := c.classify(&buf, n, q.CNAMETarget)
-	var d Decision
 	switch {
 	case allow || except >= 0:
 		if except >= 0 {
@@ -149,14 +151,16 @@ func (p *Policy) Decide(q Query) Decision {
 		return d
 	}
 	limit = until
-	mask := c.clientMask(client, q.User, q.Groups)
-	k := c.firstRule(u, s, mask)
+	e := ruleEval{rules: c.svcRules[s], mask: c.clientMask(client, q.User, q.Groups)}
+	off, next := c.zone.at(u)
+	wt := weekTime(u, off)
+	k := c.first(&e, wt)
 	if k < len(c.rules) {
 		d.Verdict, d.Reason, d.Rule = c.rules[k].action, ReasonRule, c.rules[k].name
 	} else {
 		d.Verdict, d.Reason = c.defaultAction, ReasonDefault
 	}
-	until = c.ruleChange(u, limit, s, mask, k)
+	until = c.ruleChange(&e, k, u, off, next, wt, limit)
 	d.Until = q.Time.Add(time.Duration(until - u))
 	return d
 }
@@ -178,15 +182,17 @@ func (c *compiled) fillService(d *Decision, svc int32) {
 // the table or has nothing listed below it: usually after the
 // registrable domain, with one lookup in cache (the top-level domain) and
 // one that is not.
-func (c *compiled) classify(buf *[nameBufLen]byte, n int, cname bool) (svc, except int32, allow, canary bool) {
+func (c *compiled) classify(buf *hostBuf, n int, cname bool) (svc, except int32, allow, canary bool) {
 	svc, except = noService, noService
 	h := uint64(hashSeed)
+	labels := 0
 	for e := n; e > 0; {
-		s := e - 1
-		for s >= 0 && buf[s] != '.' {
-			s--
+		s := buf.prevDot(e)
+		h = extendHash(h, &buf.b, s+1, e)
+		e = s
+		if labels++; labels < c.m.minLabels {
+			continue
 		}
-		h = extendHash(h, buf, s+1, e)
 		vi, ok := c.m.lookup(h)
 		if !ok {
 			break
@@ -205,7 +211,6 @@ func (c *compiled) classify(buf *[nameBufLen]byte, n int, cname bool) (svc, exce
 		if !v.parent {
 			break
 		}
-		e = s
 	}
 	return svc, except, allow, canary
 }

@@ -70,6 +70,10 @@ func extendHash(h uint64, name *[nameBufLen]byte, s, e int) uint64 {
 type matcher struct {
 	size  uint64   // home slots; slots has a few more for the last runs
 	slots []uint64 // value<<48 | (distance+1)<<40 | low 40 bits; 0 is empty
+	// minLabels is the fewest labels of a listed (not parent) entry:
+	// shorter suffixes can only be parents, and are not looked up (a
+	// missing parent would show as a missing longer suffix anyway).
+	minLabels int
 }
 
 const (
@@ -119,24 +123,28 @@ type rawEntry struct {
 // matcherBuilder collects fingerprints, then sorts them into a matcher.
 type matcherBuilder struct {
 	entries []rawEntry
+	// minLabels is the fewest labels of a name given (not a parent).
+	minLabels int
 }
 
 // addName gives the builder the normalized name buf[:n] with raw value
 // val, and a parent marker for each of its proper suffixes.
-func (b *matcherBuilder) addName(buf *[nameBufLen]byte, n int, val uint32) {
+func (b *matcherBuilder) addName(buf *hostBuf, n int, val uint32) {
 	h := uint64(hashSeed)
+	labels := 0
 	for e := n; e > 0; {
-		s := e - 1
-		for s >= 0 && buf[s] != '.' {
-			s--
-		}
+		s := buf.prevDot(e)
 		if e < n {
 			b.entries = append(b.entries, rawEntry{h, kindParent << 24})
 		}
-		h = extendHash(h, buf, s+1, e)
+		h = extendHash(h, &buf.b, s+1, e)
+		labels++
 		e = s
 	}
 	b.entries = append(b.entries, rawEntry{h, val})
+	if b.minLabels == 0 || labels < b.minLabels {
+		b.minLabels = labels
+	}
 }
 
 // fpVal is a distinct fingerprint and its value index.
@@ -212,6 +220,7 @@ func (b *matcherBuilder) build(merge func(raw []uint32) (uint16, error), union f
 	for _, load := range []uint64{85, 75, 60, 45, 30} {
 		m, ok, err := place(fvs, load, union)
 		if err != nil || ok {
+			m.minLabels = b.minLabels
 			return m, err
 		}
 	}

@@ -1,7 +1,9 @@
 package policy
 
 import (
+	"encoding/binary"
 	"errors"
+	"math/bits"
 	"net/netip"
 	"strings"
 	"unicode/utf8"
@@ -19,6 +21,32 @@ const (
 	// into: the longest name plus room for the matcher's 8-byte loads.
 	nameBufLen = maxNameLen + 11
 )
+
+// hostBuf holds a normalized name, with a bit set in dots for each dot
+// position so that the matcher finds the labels without a second scan.
+type hostBuf struct {
+	b    [nameBufLen]byte
+	dots [(nameBufLen + 63) / 64]uint64
+}
+
+// prevDot returns the position of the last dot before e, or -1.
+func (h *hostBuf) prevDot(e int) int {
+	if e <= 0 {
+		return -1
+	}
+	k := (e - 1) >> 6
+	w := h.dots[k] & (^uint64(0) >> (63 - uint(e-1)&63))
+	for {
+		if w != 0 {
+			return k<<6 + 63 - bits.LeadingZeros64(w)
+		}
+		if k == 0 {
+			return -1
+		}
+		k--
+		w = h.dots[k]
+	}
+}
 
 // hostKind is what normalization found a host to be.
 type hostKind uint8
@@ -40,6 +68,27 @@ var (
 	errBracket     = errors.New("bracketed host is not an IPv6 address")
 	errUTF8        = errors.New("host name is not valid UTF-8")
 )
+
+// hostClass has classBad for the bytes that cannot appear in a host name
+// and classDot for the dot.
+const (
+	classBad = 1
+	classDot = 2
+)
+
+var hostClass = func() (t [256]byte) {
+	for c := range t {
+		t[c] = classBad
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = 0, 0
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = 0
+	}
+	t['-'], t['_'], t['.'] = 0, 0, classDot
+	return t
+}()
 
 // hostChars maps every byte to its lower-case form when it may appear in a
 // host name, and to 0 otherwise.
@@ -79,14 +128,14 @@ var idnaProfile = idna.New(
 // digits (such names are mistyped IPv4 addresses). A bracketed host must
 // be an IPv6 address.
 func NormalizeHost(host string) (string, error) {
-	var buf [nameBufLen]byte
+	var buf hostBuf
 	n, kind, err := normalizeASCII(&buf, host)
 	switch kind {
 	case hostName:
-		if n == len(host) && host == string(buf[:n]) {
+		if n == len(host) && host == string(buf.b[:n]) {
 			return host, nil
 		}
-		return string(buf[:n]), nil
+		return string(buf.b[:n]), nil
 	case hostIP:
 		return canonicalIP(host)
 	case hostNonASCII:
@@ -119,7 +168,7 @@ func normalizeUnicode(host string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var buf [nameBufLen]byte
+	var buf hostBuf
 	n, kind, err := normalizeASCII(&buf, a)
 	if kind != hostName {
 		if err == nil {
@@ -129,14 +178,16 @@ func normalizeUnicode(host string) (string, error) {
 		}
 		return "", err
 	}
-	return string(buf[:n]), nil
+	return string(buf.b[:n]), nil
 }
 
 // normalizeASCII writes the canonical form of host into buf when host is
 // an ASCII name and returns its length. It never allocates. It reports
 // hostNonASCII (and writes nothing useful) when host has a byte >= 0x80,
 // and hostIP when host is an IP literal (buf is then unused).
-func normalizeASCII(buf *[nameBufLen]byte, host string) (int, hostKind, error) {
+func normalizeASCII(h *hostBuf, host string) (int, hostKind, error) {
+	h.dots = [len(h.dots)]uint64{}
+	buf := &h.b
 	if host == "" {
 		return 0, hostInvalid, errEmptyHost
 	}
@@ -164,28 +215,63 @@ func normalizeASCII(buf *[nameBufLen]byte, host string) (int, hostKind, error) {
 	if name == "" {
 		return 0, hostInvalid, errEmptyHost
 	}
-	dot := -1 // index of the last dot seen
-	for i := 0; i < len(name); i++ {
+	// Eight bytes at a time, then byte by byte: lower-case into buf,
+	// set a bit in h.dots for each dot, note any byte that is not allowed.
+	var bad uint8
+	i := 0
+	for ; i+8 <= len(name); i += 8 {
+		w := load64(name, i)
+		if w&swarHigh != 0 {
+			bad = classBad
+			break
+		}
+		// Per byte, x + (0x80-c)*o has bit 7 set when x >= c, and
+		// ^((x ^ c*o) + 0x7f*o) when x == c: every byte is below 0x80,
+		// so no sum carries into the next byte. Upper-case letters get
+		// 0x20 added; ok marks the allowed bytes, dots the dots.
+		const o = swarOnes
+		upper := (w + (0x80-'A')*o) &^ (w + (0x80-'Z'-1)*o) & swarHigh
+		l := w | upper>>2
+		ok := (l + (0x80-'a')*o) &^ (l + (0x80-'z'-1)*o)
+		ok |= (l + (0x80-'0')*o) &^ (l + (0x80-'9'-1)*o)
+		ok |= (l + (0x80-'-')*o) &^ (l + (0x80-'.'-1)*o)
+		ok |= ^((l ^ '_'*o) + 0x7f*o)
+		if ok&swarHigh != swarHigh {
+			bad = classBad
+			break
+		}
+		dots := ^((l ^ '.'*o) + 0x7f*o) & swarHigh
+		binary.LittleEndian.PutUint64(buf[i:i+8], l)
+		h.dots[i>>6] |= ((dots >> 7) * swarGather) >> 56 << (uint(i) & 63)
+	}
+	for ; i < len(name) && bad == 0; i++ {
 		c := name[i]
-		m := hostChars[c]
-		buf[i] = m
-		if m == '.' {
-			if i-dot == 1 {
+		buf[i] = hostChars[c]
+		cls := hostClass[c]
+		bad |= cls & classBad
+		h.dots[i>>6] |= uint64(cls>>1) << (uint(i) & 63)
+	}
+	if bad&classBad != 0 {
+		return 0, oddHost(host), errHostChar
+	}
+	// Check the labels' lengths from the dots: 1 to 63 each.
+	n := len(name)
+	dot := -1
+	for k := 0; k <= (n-1)>>6; k++ {
+		for w := h.dots[k]; w != 0; {
+			p := k<<6 + bits.TrailingZeros64(w)
+			w &= w - 1
+			if gap := p - dot - 1; gap == 0 {
 				return 0, hostInvalid, errEmptyLabel
-			}
-			if i-dot > maxLabelLen+1 {
+			} else if gap > maxLabelLen {
 				return 0, hostInvalid, errLabelLong
 			}
-			dot = i
-		} else if m == 0 {
-			return 0, oddHost(host), errHostChar
+			dot = p
 		}
 	}
-	n := len(name)
-	if n-dot == 1 {
+	if gap := n - dot - 1; gap == 0 {
 		return 0, hostInvalid, errEmptyLabel
-	}
-	if n-dot > maxLabelLen+1 {
+	} else if gap > maxLabelLen {
 		return 0, hostInvalid, errLabelLong
 	}
 	if c := buf[n-1]; c >= '0' && c <= '9' {
@@ -204,6 +290,19 @@ func normalizeASCII(buf *[nameBufLen]byte, host string) (int, hostKind, error) {
 		}
 	}
 	return n, hostName, nil
+}
+
+const (
+	swarOnes   = 0x0101010101010101
+	swarHigh   = 0x8080808080808080
+	swarGather = 0x0102040810204080 // gathers bit 7 of each byte into the top byte
+)
+
+// load64 reads s[i:i+8] as a little-endian word (one load).
+func load64(s string, i int) uint64 {
+	s = s[i : i+8]
+	return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
 }
 
 // longName classifies a host too long to be a valid ASCII name: it may be

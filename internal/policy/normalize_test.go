@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"testing"
@@ -144,4 +145,104 @@ func FuzzNormalizeHost(f *testing.F) {
 			t.Fatalf("Decide(%q) = %v, but NormalizeHost accepted it as %q", in, d, got)
 		}
 	})
+}
+
+// refNormalizeASCII states normalizeASCII's contract the slow way.
+func refNormalizeASCII(host string) (string, hostKind) {
+	anyHigh := func(s string) bool {
+		for i := 0; i < len(s); i++ {
+			if s[i] >= 0x80 {
+				return true
+			}
+		}
+		return false
+	}
+	allowed := func(c byte) bool {
+		return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
+	}
+	if host == "" {
+		return "", hostInvalid
+	}
+	if host[0] == '[' {
+		if anyHigh(host) {
+			return "", hostNonASCII
+		}
+		if a, ok := parseIPLiteral(strings.TrimSuffix(host[1:], "]")); ok && a.Is6() && strings.HasSuffix(host, "]") && len(host) >= 2 {
+			return "", hostIP
+		}
+		return "", hostInvalid
+	}
+	name := strings.TrimSuffix(host, ".")
+	if len(name) > maxNameLen {
+		if anyHigh(host) {
+			return "", hostNonASCII
+		}
+		return "", hostInvalid
+	}
+	if name == "" {
+		return "", hostInvalid
+	}
+	for i := 0; i < len(name); i++ {
+		if !allowed(name[i]) {
+			if _, ok := parseIPLiteral(host); ok {
+				return "", hostIP
+			}
+			for j := 0; j < len(host); j++ {
+				if host[j] >= 0x80 {
+					return "", hostNonASCII
+				}
+				if !allowed(host[j]) {
+					return "", hostInvalid
+				}
+			}
+			return "", hostInvalid
+		}
+	}
+	labels := strings.Split(name, ".")
+	for _, l := range labels {
+		if l == "" || len(l) > maxLabelLen {
+			return "", hostInvalid
+		}
+	}
+	last := labels[len(labels)-1]
+	if strings.Trim(last, "0123456789") == "" {
+		if a, ok := parseIPLiteral(host); ok && a.Is4() {
+			return "", hostIP
+		}
+		return "", hostInvalid
+	}
+	return strings.ToLower(name), hostName
+}
+
+func TestNormalizeASCIIAgainstReference(t *testing.T) {
+	// Letters, digits and the bytes next to each allowed range.
+	const alphabet = "aAzZmM09-_.......:%[]\xc3\xbc \x00@`{/,^\x7f~"
+	r := rand.New(rand.NewPCG(11, 12))
+	inputs := []string{strings.Repeat("a.", 126) + "b", strings.Repeat("a", 64) + ".b", "[::1]", "1.2.3.4", "1.2.3.4.", "::1", "[1.2.3.4]"}
+	for i := 0; i < 100000; i++ {
+		n := r.IntN(20)
+		if i%50 == 0 {
+			n = 240 + r.IntN(30)
+		}
+		b := make([]byte, n)
+		for j := range b {
+			b[j] = alphabet[r.IntN(len(alphabet))]
+			if n > 200 && b[j] == '.' && r.IntN(8) != 0 {
+				b[j] = 'x'
+			}
+		}
+		inputs = append(inputs, string(b))
+	}
+	for _, in := range inputs {
+		var h hostBuf
+		n, kind, _ := normalizeASCII(&h, in)
+		want, wantKind := refNormalizeASCII(in)
+		got := ""
+		if kind == hostName {
+			got = string(h.b[:n])
+		}
+		if kind != wantKind || got != want {
+			t.Fatalf("normalizeASCII(%q) = %q, %v, want %q, %v", in, got, kind, want, wantKind)
+		}
+	}
 }

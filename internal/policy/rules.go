@@ -18,12 +18,8 @@ type rule struct {
 	action      Verdict
 }
 
-// applies reports whether r concerns a client with group bits mask and
-// service index svc, whatever the time.
-func (r *rule) applies(mask uint64, svc int) bool {
-	if !r.everyone && r.groups&mask == 0 {
-		return false
-	}
+// hasService reports whether r concerns service index svc.
+func (r *rule) hasService(svc int) bool {
 	return r.allServices || r.services[svc>>6]&(1<<(uint(svc)&63)) != 0
 }
 
@@ -64,40 +60,29 @@ func (c *compiled) clientMask(client netip.Addr, user string, dirGroups []string
 	return m
 }
 
-// wallTime returns the local wall-clock time since Sunday 00:00 of
-// instant u (nanoseconds since the Unix epoch).
-func (c *compiled) wallTime(u int64) int64 {
-	off, _ := c.zone.at(floorDiv(u, nsPerSec))
-	return weekTime(u, off)
+// ruleEval is what the rule walk needs about one decision.
+type ruleEval struct {
+	rules []int32 // indexes of the rules whose services include the host's
+	mask  uint64  // the client's groups
 }
 
-// firstRule returns the index of the first rule that applies to mask and
-// svc and is active at instant u, or len(c.rules) when none is.
-func (c *compiled) firstRule(u int64, svc int, mask uint64) int {
-	var wt int64
-	haveWT := false
-	for i := range c.rules {
+// first returns the index of the first of e's rules that applies to the
+// client and is active at wall-clock week time wt, or len(c.rules).
+func (c *compiled) first(e *ruleEval, wt int64) int {
+	for _, i := range e.rules {
 		r := &c.rules[i]
-		if !r.applies(mask, svc) {
-			continue
-		}
-		if r.week.always {
-			return i
-		}
-		if !haveWT {
-			wt, haveWT = c.wallTime(u), true
-		}
-		if r.week.contains(wt) {
-			return i
+		if (r.everyone || r.groups&e.mask != 0) && (r.week.always || r.week.contains(wt)) {
+			return int(i)
 		}
 	}
 	return len(c.rules)
 }
 
 // ruleChange returns the first instant after u and before limit at which
-// firstRule(·, svc, mask) is no longer k, or limit. Only the rules up to
-// and including k can change the outcome: a later rule matters only once
-// k stops matching, which is an edge of k's own windows.
+// first is no longer k, or limit; off and next are the zone's offset at
+// u and the instant it changes, wt the week time at u. Only the rules up
+// to and including k can change the outcome: a later rule matters only
+// once k stops matching, which is an edge of k's own windows.
 //
 // Between two changes of UTC offset the wall clock advances with real
 // time, so the next window edge is found by arithmetic on the wall-clock
@@ -105,19 +90,17 @@ func (c *compiled) firstRule(u int64, svc int, mask uint64) int {
 // outcome is checked again there. Candidate instants where nothing
 // changes (a window wrapping the week, a DST jump inside or outside every
 // window) are skipped.
-func (c *compiled) ruleChange(u, limit int64, svc int, mask uint64, k int) int64 {
+func (c *compiled) ruleChange(e *ruleEval, k int, u, off, next, wt, limit int64) int64 {
 	cur := u
-	for iter := 0; iter < 1024; iter++ {
-		off, nextSec := c.zone.at(floorDiv(cur, nsPerSec))
-		wt := weekTime(cur, off)
-		best := limit
-		if nextSec <= limit/nsPerSec {
-			best = min(best, nextSec*nsPerSec)
-		}
+	for iter := 0; ; iter++ {
+		best := min(limit, next)
 		scheduled := false
-		for i := 0; i <= k && i < len(c.rules); i++ {
+		for _, i := range e.rules {
+			if int(i) > k {
+				break
+			}
 			r := &c.rules[i]
-			if r.week.always || !r.applies(mask, svc) {
+			if r.week.always || !(r.everyone || r.groups&e.mask != 0) {
 				continue
 			}
 			scheduled = true
@@ -128,10 +111,11 @@ func (c *compiled) ruleChange(u, limit int64, svc int, mask uint64, k int) int64
 		if !scheduled || best >= limit {
 			return limit
 		}
-		if c.firstRule(best, svc, mask) != k {
+		off, next = c.zone.at(best)
+		wt = weekTime(best, off)
+		if c.first(e, wt) != k || iter >= 1024 {
 			return best
 		}
 		cur = best
 	}
-	return cur
 }

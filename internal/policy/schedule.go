@@ -235,10 +235,10 @@ func (w *weekSet) next(x int64) (int64, bool) {
 }
 
 // zoneTable is a precomputed list of a location's UTC offsets, so that
-// a decision finds the wall-clock time with a binary search and no call
+// a decision finds the wall-clock time with an indexed lookup and no call
 // into the time package's zone cache.
 type zoneTable struct {
-	starts []int64 // unix seconds each offset starts at; starts[0] is MinInt64
+	starts []int64 // instants (Unix nanoseconds) offsets start at; starts[0] is MinInt64
 	offs   []int64 // seconds east of UTC
 	// index[k] is the last entry starting at or before zoneIndexBase +
 	// k<<zoneIndexShift: a lookup starts there and moves at most a few
@@ -246,15 +246,15 @@ type zoneTable struct {
 	index []uint16
 }
 
-// The index has one entry per 2^22 seconds (48.5 days) from 1900 to 2200.
-const (
-	zoneIndexShift = 22
-	zoneIndexBase  = -2208988800 // 1900-01-01T00:00:00Z
-)
-
 // zoneTableYears bound the precomputed transitions; outside them the
 // nearest offset is used.
 const zoneTableFirstYear, zoneTableLastYear = 1900, 2200
+
+// The index has one entry per 2^52 ns (52 days) from 1900 to 2200.
+const (
+	zoneIndexShift = 52
+	zoneIndexBase  = -2208988800 * nsPerSec // 1900-01-01T00:00:00Z
+)
 
 func newZoneTable(loc *time.Location) zoneTable {
 	t := time.Date(zoneTableFirstYear, 1, 1, 0, 0, 0, 0, loc)
@@ -281,14 +281,14 @@ func newZoneTable(loc *time.Location) zoneTable {
 		}
 		_, off := end.Zone()
 		if int64(off) != z.offs[len(z.offs)-1] {
-			z.starts = append(z.starts, end.Unix())
+			z.starts = append(z.starts, end.UnixNano())
 			z.offs = append(z.offs, int64(off))
 		}
 		t = end
 	}
-	last := limit.Unix()
-	for k, i := 0, 0; int64(k)<<zoneIndexShift+zoneIndexBase < last; k++ {
-		at := int64(k)<<zoneIndexShift + zoneIndexBase
+	last := limit.UnixNano()
+	for k, i := int64(0), 0; k<<zoneIndexShift+zoneIndexBase < last; k++ {
+		at := k<<zoneIndexShift + zoneIndexBase
 		for i+1 < len(z.starts) && z.starts[i+1] <= at {
 			i++
 		}
@@ -323,52 +323,34 @@ func nextOffsetChange(t, limit time.Time) time.Time {
 	return time.Time{}
 }
 
-// at returns the UTC offset at unix second sec and the unix second at
-// which the next offset starts (MaxInt64 when none).
-func (z *zoneTable) at(sec int64) (off, next int64) {
-	if k := (sec - zoneIndexBase) >> zoneIndexShift; sec >= zoneIndexBase && k < int64(len(z.index)) {
-		i := int(z.index[k])
-		for i+1 < len(z.starts) && z.starts[i+1] <= sec {
-			i++
-		}
-		if i+1 < len(z.starts) {
-			return z.offs[i], z.starts[i+1]
-		}
-		return z.offs[i], math.MaxInt64
-	}
-	lo, hi := 0, len(z.starts)
-	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		if z.starts[m] <= sec {
-			lo = m + 1
+// at returns the UTC offset in seconds at instant u (Unix nanoseconds)
+// and the instant the next offset starts at (MaxInt64 when none).
+func (z *zoneTable) at(u int64) (off, next int64) {
+	i := 0
+	if u >= zoneIndexBase {
+		// The difference may exceed MaxInt64, never MaxUint64.
+		if k := uint64(u-zoneIndexBase) >> zoneIndexShift; k < uint64(len(z.index)) {
+			i = int(z.index[k])
 		} else {
-			hi = m
+			i = len(z.starts) - 1
 		}
 	}
-	// lo >= 1 because starts[0] is MinInt64.
-	if lo < len(z.starts) {
-		return z.offs[lo-1], z.starts[lo]
+	for i+1 < len(z.starts) && z.starts[i+1] <= u {
+		i++
 	}
-	return z.offs[lo-1], math.MaxInt64
-}
-
-// floorDiv divides rounding towards minus infinity.
-func floorDiv(a, b int64) int64 {
-	q := a / b
-	if a%b != 0 && (a < 0) != (b < 0) {
-		q--
+	if i+1 < len(z.starts) {
+		return z.offs[i], z.starts[i+1]
 	}
-	return q
+	return z.offs[i], math.MaxInt64
 }
 
 // weekTime returns the local wall-clock time since Sunday 00:00 of
-// instant u (nanoseconds since the Unix epoch) at UTC offset off.
+// instant u (Unix nanoseconds) at UTC offset off (seconds).
 func weekTime(u, off int64) int64 {
-	local := u + off*nsPerSec
-	days := floorDiv(local, nsPerDay)
-	wd := (days + 4) % 7 // 1970-01-01 was a Thursday
-	if wd < 0 {
-		wd += 7
+	// 1970-01-01 was a Thursday: Sunday 00:00 was 4 days earlier.
+	x := (u + off*nsPerSec + 4*nsPerDay) % nsPerWeek
+	if x < 0 {
+		x += nsPerWeek
 	}
-	return wd*nsPerDay + (local - days*nsPerDay)
+	return x
 }

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"strings"
@@ -131,19 +132,32 @@ func TestDecideDST(t *testing.T) {
 }
 
 func TestZoneTable(t *testing.T) {
-	for _, name := range []string{"America/Toronto", "UTC", "Asia/Kolkata", "Australia/Lord_Howe", "America/St_Johns"} {
+	for _, name := range []string{"America/Toronto", "UTC", "Asia/Kolkata", "Australia/Lord_Howe", "America/St_Johns", "Europe/Dublin"} {
 		loc := mustLoc(t, name)
 		z := newZoneTable(loc)
 		r := rand.New(rand.NewPCG(1, 2))
 		for i := 0; i < 20000; i++ {
-			sec := r.Int64N(int64(4e9)) // 1970 to 2096
-			_, want := time.Unix(sec, 0).In(loc).Zone()
-			got, next := z.at(sec)
-			if got != int64(want) {
-				t.Fatalf("%s: offset at %d = %d, want %d", name, sec, got, want)
+			// 1901 to 2199, and a few outside the table.
+			sec := r.Int64N(int64(9.4e9)) - int64(2.2e9)
+			if i%1000 == 0 {
+				sec = int64(-3e9) - r.Int64N(int64(1e9))
 			}
-			if next <= sec {
-				t.Fatalf("%s: next change at %d <= %d", name, next, sec)
+			u := sec*nsPerSec + r.Int64N(nsPerSec)
+			_, want := time.Unix(0, u).In(loc).Zone()
+			got, next := z.at(u)
+			if sec >= int64(-2.2e9) && got != int64(want) {
+				t.Fatalf("%s: offset at %v = %d, want %d", name, time.Unix(0, u).UTC(), got, want)
+			}
+			if next <= u {
+				t.Fatalf("%s: next change at %d <= %d", name, next, u)
+			}
+			if next != math.MaxInt64 {
+				if _, o := time.Unix(0, next).In(loc).Zone(); int64(o) == got {
+					t.Fatalf("%s: offset at the next change %v is still %d", name, time.Unix(0, next).UTC(), o)
+				}
+				if _, o := time.Unix(0, next-1).In(loc).Zone(); sec >= int64(-2.2e9) && int64(o) != got {
+					t.Fatalf("%s: offset changes before %v", name, time.Unix(0, next).UTC())
+				}
 			}
 		}
 	}
@@ -311,5 +325,38 @@ func TestUntilAgainstReference(t *testing.T) {
 				t.Fatalf("Decide(%+v) = %v, want %v", q, got, want)
 			}
 		}
+	}
+}
+
+func FuzzParseWindow(f *testing.F) {
+	for _, s := range []string{"mon-fri 12:00-13:00", "sat 22:30-02:00", "daily 00:00-24:00", "fri-mon 08:00:30-09:00:05", "mon,wed 1:00-2:00", "* 23:59:59-00:00:01", "mon 25:00-26:00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		w, err := ParseWindow(s)
+		if err != nil {
+			return
+		}
+		if err := validWindow(w); err != nil {
+			t.Fatalf("ParseWindow(%q) = %+v, invalid: %v", s, w, err)
+		}
+		again, err := ParseWindow(w.String())
+		if err != nil || again != w {
+			t.Fatalf("ParseWindow(%q) = %+v, %v, want %+v (round trip of %q)", w.String(), again, err, w, s)
+		}
+	})
+}
+
+func TestCategoryWithoutServices(t *testing.T) {
+	spec := testSpec(t)
+	spec.Rules = append([]Rule{{Name: "doh", Categories: []string{"doh"}, Action: Allow}}, spec.Rules...)
+	p := mustNew(t, spec)
+	now := at(t, "2026-11-17 14:00:00")
+	if d := p.Decide(Query{Host: "facebook.com", Client: outsider, Time: now}); d.Reason != ReasonDefault {
+		t.Errorf("Decide(facebook.com) = %v, want the default: the doh rule has no service", d)
+	}
+	spec.Categories = nil
+	if _, err := New(spec); err == nil || !strings.Contains(err.Error(), `unknown category "doh"`) {
+		t.Errorf("New without Categories: error %v, want unknown category", err)
 	}
 }

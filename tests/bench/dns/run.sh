@@ -17,6 +17,11 @@
 #   LIST_SIZE (default 1000000), RELOAD_DURATION (s, default 20),
 #   BALISE_UDP_SOCKETS (udp_sockets, default 0 = one per CPU).
 # Needs: go, dnsperf, dnsmasq, unbound. Not part of CI.
+#
+# To compare UDP socket settings of the filter alone (SO_REUSEPORT socket
+# count, batched or single-datagram system calls), run
+# tests/bench/dns/filteronly against tests/bench/dns/responder with
+# dnsperf; see the comment at the top of filteronly/main.go.
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -115,31 +120,40 @@ EOF
 
 echo "== starting the targets" >&2
 "$WORK/responder" -listen "127.0.0.1:$P_RESP" -reuseport 2 2>"$WORK/responder.log" &
-PIDS+=($!)
+RESP_PID=$!
+PIDS+=($RESP_PID)
 dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll --port="$P_DNSMASQ" --listen-address=127.0.0.1 \
 	--bind-interfaces --user=root --pid-file= --cache-size=10000 --conf-file="$WORK/dnsmasq.conf" 2>"$WORK/dnsmasq.log" &
-PIDS+=($!)
-unbound -d -c "$WORK/unbound.conf" 2>"$WORK/unbound.log" &
-PIDS+=($!)
+DNSMASQ_PID=$!
+PIDS+=($DNSMASQ_PID)
+unbound -d -c "$WORK/unbound.conf" >"$WORK/unbound.log" 2>&1 &
+UNBOUND_PID=$!
+PIDS+=($UNBOUND_PID)
 "$WORK/balise" serve --config "$WORK/balise.toml" --log-format json 2>"$WORK/balise.log" &
 BALISE_PID=$!
 PIDS+=($BALISE_PID)
 
 echo "host1.allowed.test A" >"$WORK/one.txt"
-wait_dns() { # port name
-	for _ in $(seq 1 300); do
+wait_dns() { # port name pid
+	for _ in $(seq 1 120); do
+		if ! kill -0 "$3" 2>/dev/null; then
+			echo "run.sh: $2 exited; its log:" >&2
+			cat "$WORK/$2.log" >&2
+			exit 1
+		fi
 		if dnsperf -s 127.0.0.1 -p "$1" -d "$WORK/one.txt" -n 1 -t 1 2>/dev/null | grep -q 'Queries completed: *1 '; then
 			return 0
 		fi
-		sleep 0.2
+		sleep 0.5
 	done
-	echo "run.sh: $2 does not answer on port $1" >&2
+	echo "run.sh: $2 does not answer on port $1; its log:" >&2
+	tail -20 "$WORK/$2.log" >&2
 	exit 1
 }
-wait_dns "$P_RESP" responder
-wait_dns "$P_DNSMASQ" dnsmasq
-wait_dns "$P_UNBOUND" unbound
-wait_dns "$P_BALISE" balise
+wait_dns "$P_RESP" responder "$RESP_PID"
+wait_dns "$P_DNSMASQ" dnsmasq "$DNSMASQ_PID"
+wait_dns "$P_UNBOUND" unbound "$UNBOUND_PID"
+wait_dns "$P_BALISE" balise "$BALISE_PID"
 
 # perf PORT [extra dnsperf args...]: prints "qps avg_latency_ms lost completed_pct"
 perf() {

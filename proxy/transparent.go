@@ -1,0 +1,290 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/balise-net/balise/internal/policy"
+	"github.com/elazarl/goproxy"
+)
+
+// Transparent mode: the gateway redirects workstations' TCP 80 and 443 to
+// Balise, which learns the original destination from the socket, decides
+// on the Host header (HTTP) or the ClientHello's server name (HTTPS), and
+// forwards to that original destination.
+
+// ListenTransparent opens a listener for redirected connections: a plain
+// TCP listener for REDIRECT, an IP_TRANSPARENT one with Options.TPROXY.
+func (p *Proxy) ListenTransparent(ctx context.Context, addr string) (net.Listener, error) {
+	lc := net.ListenConfig{}
+	if p.opts.TPROXY {
+		lc.Control = transparentControl
+	}
+	return lc.Listen(ctx, "tcp", addr)
+}
+
+// originalDst returns where c was going before the gateway redirected it.
+func (p *Proxy) originalDst(c net.Conn) (netip.AddrPort, error) {
+	if p.opts.OriginalDestination != nil {
+		return p.opts.OriginalDestination(c)
+	}
+	if p.opts.TPROXY {
+		return netip.ParseAddrPort(c.LocalAddr().String())
+	}
+	return redirectedDst(c)
+}
+
+// isSelfAddr reports whether ap is one of Balise's own listeners: traffic
+// to it would loop.
+func (p *Proxy) isSelfAddr(ap netip.AddrPort) bool {
+	p.selfMu.RLock()
+	defer p.selfMu.RUnlock()
+	return p.self[ap.String()]
+}
+
+type origDstKey struct{}
+
+// StartTransparentHTTP serves redirected port-80 traffic on ln until ctx
+// ends: each request is decided on its Host header and forwarded to the
+// connection's original destination, or answered with the block page. It
+// logs msg="listening" service=transparent-http before it returns.
+func (p *Proxy) StartTransparentHTTP(ctx context.Context, ln net.Listener) <-chan error {
+	p.addSelf(ln.Addr())
+	gp := goproxy.NewProxyHttpServer()
+	gp.Logger = log.New(io.Discard, "", 0)
+	gp.Tr = p.tr
+	gp.KeepAcceptEncoding = true
+	gp.OnRequest().DoFunc(func(r *http.Request, _ *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+		r.Header.Add("Via", "1.1 "+p.via)
+		return r, nil
+	})
+	srv := &http.Server{
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serveTransparentHTTP(gp, w, r) }),
+		ReadHeaderTimeout: p.opts.HeaderTimeout,
+		IdleTimeout:       p.opts.IdleTimeout,
+		MaxHeaderBytes:    p.opts.MaxHeaderBytes,
+		ErrorLog:          log.New(io.Discard, "", 0),
+		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ConnContext: func(cctx context.Context, c net.Conn) context.Context {
+			ap, err := p.originalDst(c)
+			if err != nil {
+				ap = netip.AddrPort{}
+			}
+			return context.WithValue(cctx, origDstKey{}, ap)
+		},
+	}
+	p.opts.Logger.Info("listening", "service", "transparent-http", "addr", ln.Addr().String())
+	return p.serveUntil(ctx, srv, ln)
+}
+
+// serveUntil runs srv on ln until ctx ends or it fails.
+func (p *Proxy) serveUntil(ctx context.Context, srv *http.Server, ln net.Listener) <-chan error {
+	result := make(chan error, 1)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		select {
+		case err := <-errc:
+			p.shutdown(srv)
+			result <- err
+		case <-ctx.Done():
+			p.shutdown(srv)
+			<-errc
+			result <- nil
+		}
+	}()
+	return result
+}
+
+func (p *Proxy) serveTransparentHTTP(gp *goproxy.ProxyHttpServer, w http.ResponseWriter, r *http.Request) {
+	client := clientAddr(r.RemoteAddr)
+	if !p.allowed(client) {
+		p.m.refusals[modeTransparent][refusalClient].Inc()
+		p.refuse(w, http.StatusForbidden, "http_request_denied", "client address not allowed", "Balise : adresse non autorisée / address not allowed\n")
+		return
+	}
+	orig, _ := r.Context().Value(origDstKey{}).(netip.AddrPort)
+	if !orig.IsValid() || p.isSelfAddr(orig) || strings.Contains(r.Header.Get("Via"), p.via) {
+		p.m.refusals[modeTransparent][refusalBadRequest].Inc()
+		p.refuse(w, http.StatusBadGateway, "destination_unavailable", "no usable original destination", "Balise: no usable original destination\n")
+		return
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if host == "" {
+		host = orig.Addr().String()
+	}
+	pol := p.opts.Policy.Load()
+	now := p.opts.Clock()
+	d := pol.Decide(policy.Query{Host: host, Client: client, Time: now})
+	if d.Invalid {
+		p.m.refusals[modeTransparent][refusalBadRequest].Inc()
+		p.refuse(w, http.StatusBadRequest, "http_request_error", "invalid host name", "Balise: invalid host name\n")
+		return
+	}
+	p.m.request(modeTransparent, kindHTTP, d, -1)
+	p.logDecision("transparent", client, host, d, now)
+	if d.Verdict == policy.Block {
+		if strings.HasPrefix(r.URL.Path, ReservedPath) {
+			p.serveReserved(w, r, client)
+			return
+		}
+		body := p.blockPage(pol, client, host, d, now, r.Header.Get("Accept-Language"))
+		setBlockHeaders(w.Header(), len(body))
+		w.WriteHeader(http.StatusForbidden)
+		if r.Method != http.MethodHead {
+			w.Write(body)
+		}
+		return
+	}
+	// Forward to where the client was going, not to what Host names: the
+	// transport's connection pool is keyed by that address.
+	r.URL.Scheme = "http"
+	r.URL.Host = orig.String()
+	gp.ServeHTTP(w, r)
+}
+
+// StartTransparentHTTPS serves redirected port-443 traffic on ln until ctx
+// ends: each connection is decided on its ClientHello's server name, then
+// spliced to its original destination, shown the block page (with the CA)
+// or closed with a TLS alert. It logs msg="listening"
+// service=transparent-https before it returns.
+func (p *Proxy) StartTransparentHTTPS(ctx context.Context, ln net.Listener) <-chan error {
+	p.addSelf(ln.Addr())
+	p.opts.Logger.Info("listening", "service", "transparent-https", "addr", ln.Addr().String())
+	result := make(chan error, 1)
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	go func() {
+		defer stop()
+		var err error
+		for {
+			var c net.Conn
+			c, err = ln.Accept()
+			if err != nil {
+				break
+			}
+			go p.handleTransparentTLS(ctx, c)
+		}
+		p.tunnel.closeAll(causeShutdown, 5*time.Second)
+		if ctx.Err() != nil {
+			err = nil
+		}
+		result <- err
+	}()
+	return result
+}
+
+func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
+	client := clientAddr(c.RemoteAddr().String())
+	if !p.allowed(client) {
+		p.m.refusals[modeTransparent][refusalClient].Inc()
+		c.Close()
+		return
+	}
+	orig, err := p.originalDst(c)
+	if err != nil || !orig.IsValid() || p.isSelfAddr(orig) {
+		p.m.refusals[modeTransparent][refusalBadRequest].Inc()
+		c.Close()
+		return
+	}
+	if !p.tunnel.begin(c) {
+		return
+	}
+	handed := false
+	defer func() {
+		if !handed {
+			p.tunnel.settle(c)
+			p.tunnel.end()
+		}
+	}()
+	if !p.tunnel.acquire(client, p.opts.MaxTunnelsPerClient) {
+		p.m.refusals[modeTransparent][refusalLimit].Inc()
+		c.Close()
+		return
+	}
+	released := false
+	defer func() {
+		if !released {
+			p.tunnel.release(client)
+		}
+	}()
+	hello, ch, err := readClientHello(c, nil, time.Now().Add(p.opts.HeaderTimeout), helloLimit)
+	switch {
+	case err == nil, errorsIsNotTLS(err):
+	default:
+		c.Close()
+		return
+	}
+	pol := p.opts.Policy.Load()
+	now := p.opts.Clock()
+	host := ch.ServerName
+	var d policy.Decision
+	if host != "" {
+		d = pol.Decide(policy.Query{Host: host, Client: client, Time: now})
+	}
+	if host == "" || d.Invalid {
+		host = orig.Addr().String()
+		d = pol.Decide(policy.Query{Host: host, Client: client, Time: now})
+		if p.opts.DenyNoSNI && !d.Listed() {
+			d.Verdict = policy.Block
+			p.m.request(modeTransparent, kindConnect, d, reasonNoSNI)
+			c.Write(tlsAccessDenied)
+			c.Close()
+			return
+		}
+	}
+	p.logDecision("transparent", client, host, d, now)
+	p.m.request(modeTransparent, kindConnect, d, -1)
+	if d.Verdict == policy.Block {
+		if p.certs != nil && ch.ServerName != "" {
+			released = true
+			p.icept.serve(modeTransparent, c, hello, client, host, d)
+			return
+		}
+		c.Write(tlsAccessDenied)
+		c.Close()
+		return
+	}
+	if d.Listed() && !d.IP && !p.resolvesTo(ctx, host, orig.Addr()) {
+		p.m.sniMismatch[modeTransparent].Inc()
+	}
+	origin, err := p.dial.dialTunnel(ctx, orig.String())
+	if err != nil {
+		c.Close()
+		return
+	}
+	var hosts []string
+	if d.Listed() {
+		hosts = []string{host}
+	}
+	released, handed = true, true
+	p.startTunnel(&tunnel{p: p, mode: modeTransparent, client: c, origin: origin, clientAddr: client,
+		hosts: hosts, replay: hello, until: earliestUntil(d)})
+}
+
+// resolvesTo reports whether host resolves (through the configured
+// resolver) to addr; on lookup failure it gives the benefit of the doubt.
+func (p *Proxy) resolvesTo(ctx context.Context, host string, addr netip.Addr) bool {
+	r := p.dial.net.Resolver
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	addrs, err := r.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return true
+	}
+	return slices.ContainsFunc(addrs, func(a netip.Addr) bool { return a.Unmap() == addr.Unmap() })
+}
