@@ -7,8 +7,8 @@ import (
 	"syscall"
 )
 
-func waitReadable(syscall.RawConn) (int, error) {
-	return 0, errors.New("waitReadable: not supported")
+func waitReadable(syscall.RawConn) (bool, error) {
+	return false, errors.New("waitReadable: not supported")
 }
 
 const haveWaitReadable = false

@@ -220,8 +220,10 @@ func (t *tunnel) finish() {
 }
 
 // burst is how long a tunnel direction keeps splicing after data last
-// arrived before it returns to waiting without a pipe.
-const burst = 500 * time.Millisecond
+// arrived before it returns to waiting without a pipe. Short, so that
+// pipes (two descriptors each, pooled until the next GC) are held only by
+// tunnels that are moving data.
+const burst = 25 * time.Millisecond
 
 // pipe copies src to dst. An idle direction waits for src to become
 // readable without holding any buffer or pipe (waitReadable); once data
@@ -247,10 +249,10 @@ func (t *tunnel) pipe(dst, src net.Conn, dir int) {
 		eof := false
 		if waiting {
 			src.SetReadDeadline(time.Now().Add(slice))
-			var avail int
-			avail, err = waitReadable(rc)
+			var readable bool
+			readable, err = waitReadable(rc)
 			if err == nil {
-				if avail == 0 {
+				if !readable {
 					eof = true
 				} else {
 					waiting = false

@@ -35,12 +35,16 @@ import (
 )
 
 // The transparent-mode laboratory: three network namespaces joined by veth
-// pairs, with documentation addresses only (RFC 5737), all inside them.
+// pairs, with documentation addresses only (RFC 5737, RFC 3849), all
+// inside them.
 //
 //	ws (workstations)          gw (gateway, Balise)             inet (origins)
 //	192.0.2.10 personnel  ──── 192.0.2.1 | 198.51.100.1 ──── 198.51.100.2
 //	192.0.2.20 autorises                                     203.0.113.10 listed name
 //	192.0.2.30 bypass set                                    203.0.113.20 unlisted name
+//	2001:db8:1::10 personnel   2001:db8:1::1 | 2001:db8:2::1 2001:db8:2::2
+//	                                                         2001:db8:3::10 listed name
+//	                                                         2001:db8:3::20 unlisted name
 //
 // The gateway forwards, applies a rule set of deploy/gateway/ and runs the
 // built binary; the origins answer with the address they were reached at
@@ -59,6 +63,13 @@ const (
 	tgListed     = "reseau-social.test"
 	tgUnlisted   = "nouvelles.test"
 	tgService    = "Essai Social" // display name on the block page
+
+	tgPersonnel6  = "2001:db8:1::10"
+	tgGatewayWS6  = "2001:db8:1::1"
+	tgGatewayOut6 = "2001:db8:2::1"
+	tgInetAddr6   = "2001:db8:2::2"
+	tgListedIP6   = "2001:db8:3::10"
+	tgUnlistedIP6 = "2001:db8:3::20"
 )
 
 // tgSeq makes namespace and interface names unique within the process.
@@ -163,6 +174,9 @@ func newTGLab(t *testing.T) *tgLab {
 	for _, n := range []tgNetns{l.ws, l.gw, l.inet} {
 		tgIP(t, "netns", "add", string(n))
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", string(n)).Run() })
+		// No duplicate address detection: IPv6 addresses, link-local
+		// ones included, are usable at once.
+		n.run(t, "sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
 	}
 	wsEth, gwOut, inEth := "wse"+sfx, "gwo"+sfx, "ine"+sfx
 	tgIP(t, "link", "add", wsEth, "netns", string(l.ws), "type", "veth", "peer", "name", l.wsIf, "netns", string(l.gw))
@@ -176,6 +190,12 @@ func newTGLab(t *testing.T) *tgLab {
 		{string(l.inet), "addr", "add", tgInetAddr + "/24", "dev", inEth},
 		{string(l.inet), "addr", "add", tgListedIP + "/32", "dev", "lo"},
 		{string(l.inet), "addr", "add", tgUnlistedIP + "/32", "dev", "lo"},
+		{string(l.ws), "addr", "add", tgPersonnel6 + "/64", "dev", wsEth, "nodad"},
+		{string(l.gw), "addr", "add", tgGatewayWS6 + "/64", "dev", l.wsIf, "nodad"},
+		{string(l.gw), "addr", "add", tgGatewayOut6 + "/64", "dev", gwOut, "nodad"},
+		{string(l.inet), "addr", "add", tgInetAddr6 + "/64", "dev", inEth, "nodad"},
+		{string(l.inet), "addr", "add", tgListedIP6 + "/128", "dev", "lo"},
+		{string(l.inet), "addr", "add", tgUnlistedIP6 + "/128", "dev", "lo"},
 		{string(l.ws), "link", "set", "lo", "up"},
 		{string(l.gw), "link", "set", "lo", "up"},
 		{string(l.inet), "link", "set", "lo", "up"},
@@ -186,10 +206,13 @@ func newTGLab(t *testing.T) *tgLab {
 		{string(l.ws), "route", "add", "default", "via", tgGatewayWS},
 		{string(l.gw), "route", "add", "203.0.113.0/24", "via", tgInetAddr},
 		{string(l.inet), "route", "add", "192.0.2.0/24", "via", tgGatewayOut},
+		{string(l.ws), "-6", "route", "add", "default", "via", tgGatewayWS6},
+		{string(l.gw), "-6", "route", "add", "2001:db8:3::/64", "via", tgInetAddr6},
+		{string(l.inet), "-6", "route", "add", "2001:db8:1::/64", "via", tgGatewayOut6},
 	} {
 		tgIP(t, append([]string{"-n"}, c...)...)
 	}
-	l.gw.run(t, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+	l.gw.run(t, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	l.startOrigins(t)
 	return l
 }
@@ -222,7 +245,7 @@ func (l *tgLab) startOrigins(t *testing.T) {
 	var lns []net.Listener
 	var pcs []net.PacketConn
 	err := l.inet.do(func() error {
-		for _, a := range []string{tgListedIP, tgUnlistedIP} {
+		for _, a := range []string{tgListedIP, tgUnlistedIP, tgListedIP6, tgUnlistedIP6} {
 			for _, port := range []string{"80", "443"} {
 				ln, err := net.Listen("tcp", net.JoinHostPort(a, port))
 				if err != nil {
@@ -390,10 +413,10 @@ func tgRenderNft(t *testing.T, name string, v tgRuleVars) string {
 		return "define " + k + " = " + val
 	})
 	if v.LocalIntercept {
-		s = regexp.MustCompile(`(?m)^(\s*)#(.*# local-intercept)$`).ReplaceAllString(s, "$1$2")
+		s = tgUncomment(t, name, s, `(?m)^(\s*)#(.*# local-intercept)$`, "$1$2")
 	}
 	if v.Bypass != "" {
-		s = strings.Replace(s, "#elements = { 10.40.0.0/24 }", "elements = { "+v.Bypass+" }", 1)
+		s = tgUncomment(t, name, s, `(?m)^(\s*set bypass_v4 \{[^}]*)#elements = \{ 10\.40\.0\.0/24 \}`, "${1}elements = { "+v.Bypass+" }")
 	}
 	return s
 }
@@ -409,15 +432,27 @@ func tgRenderIptables(t *testing.T, name string, v tgRuleVars) string {
 	s := strings.NewReplacer("@WS_IF@", v.WSIf, "@HTTP_PORT@", "3129", "@HTTPS_PORT@", "3130",
 		"@BALISE_USER@", v.BaliseUser, "@TPROXY_MARK@", v.Mark).Replace(string(b))
 	if v.LocalIntercept {
-		s = regexp.MustCompile(`(?m)^#(-A BALISE_OUTPUT .* REDIRECT .*)$`).ReplaceAllString(s, "$1")
+		s = tgUncomment(t, name, s, `(?m)^#(-A BALISE_OUTPUT .* REDIRECT .*)$`, "$1")
 	}
 	if v.Bypass != "" {
-		s = regexp.MustCompile(`(?m)^#(-A BALISE_\w+ -s )10\.40\.0\.0/24( -j RETURN)$`).ReplaceAllString(s, "${1}"+v.Bypass+"$2")
+		s = tgUncomment(t, name, s, `(?m)^#(-A BALISE_\w+ -s )10\.40\.0\.0/24( -j RETURN)$`, "${1}"+v.Bypass+"$2")
 	}
 	if m := regexp.MustCompile(`@[A-Z_]+@`).FindString(s); m != "" {
 		t.Fatalf("%s: placeholder %s left", name, m)
 	}
 	return s
+}
+
+// tgUncomment replaces every match of pattern in the rule set text by repl,
+// failing the test when there is none: the optional rules the test
+// enables must exist in the shipped file.
+func tgUncomment(t *testing.T, name, text, pattern, repl string) string {
+	t.Helper()
+	re := regexp.MustCompile(pattern)
+	if !re.MatchString(text) {
+		t.Fatalf("%s: no line matches %s", name, pattern)
+	}
+	return re.ReplaceAllString(text, repl)
 }
 
 // apply loads a rendered rule set into gw with the given command (nft -f
@@ -455,7 +490,7 @@ func tgCurl(t *testing.T, n tgNetns, args ...string) (int, string, string) {
 	return code, s[i+1:], s[:i] + errb.String()
 }
 
-// udpPasses sends three datagrams from ws (personnel address) to
+// udpPasses sends three datagrams from ws (source address src) to
 // 203.0.113.10:port and reports whether inet received one within a second.
 func (l *tgLab) udpPasses(t *testing.T, src, port string) bool {
 	t.Helper()
@@ -491,6 +526,38 @@ func (l *tgLab) udpPasses(t *testing.T, src, port string) bool {
 		case <-deadline:
 			return false
 		}
+	}
+}
+
+// wantTLSAlert opens a TLS connection from the personnel address to dst
+// with server name sni ("" sends none) and fails the test unless the
+// gateway ends it with a TLS alert, promptly.
+func (l *tgLab) wantTLSAlert(t *testing.T, sni, dst string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var c net.Conn
+	err := l.ws.do(func() error {
+		var err error
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(tgPersonnel)}}
+		c, err = d.DialContext(ctx, "tcp", dst)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("dial %s from the workstation: %v", dst, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	tc := tls.Client(c, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+	err = tc.Handshake()
+	var ne net.Error
+	switch {
+	case err == nil:
+		t.Errorf("TLS handshake to %s (SNI %q) succeeded (peer %v), want a TLS alert", dst, sni, tc.ConnectionState().PeerCertificates[0].Subject)
+	case errors.As(err, &ne) && ne.Timeout():
+		t.Errorf("TLS handshake to %s (SNI %q) hung: %v", dst, sni, err)
+	case !strings.Contains(err.Error(), "remote error: tls:"):
+		t.Errorf("TLS handshake to %s (SNI %q) = %v, want a TLS alert from the gateway", dst, sni, err)
 	}
 }
 
@@ -573,7 +640,7 @@ listen = []
 
 [proxy]
 listen = []
-allowed_clients = ["192.0.2.0/24", "%s/32"]
+allowed_clients = ["192.0.2.0/24", "2001:db8:1::/64", "%s/32"]
 resolver = %q
 transparent_http = "0.0.0.0:3129"
 transparent_https = "0.0.0.0:3130"
@@ -618,7 +685,7 @@ func TestGatewayRuleSets(t *testing.T) {
 			requireTool(t, "nft")
 			check(t, tgRenderNft(t, name, v), "nft", "-c", "-f")
 			lv := v
-			lv.LocalIntercept, lv.Bypass = true, "10.40.0.0/24"
+			lv.LocalIntercept, lv.Bypass = strings.Contains(name, "redirect"), "192.0.2.0/24"
 			check(t, tgRenderNft(t, name, lv), "nft", "-c", "-f")
 		})
 	}
@@ -628,6 +695,9 @@ func TestGatewayRuleSets(t *testing.T) {
 				requireTool(t, tool)
 				check(t, tgRenderIptables(t, name, v), tool, "--noflush", "--test")
 			}
+			lv := v
+			lv.LocalIntercept, lv.Bypass = strings.Contains(name, "redirect"), "192.0.2.0/24"
+			check(t, tgRenderIptables(t, name, lv), "iptables-restore", "--noflush", "--test")
 		})
 	}
 	t.Run("tproxy-routing.sh", func(t *testing.T) {
@@ -640,8 +710,10 @@ func TestGatewayRuleSets(t *testing.T) {
 // rule set of deploy/gateway: a workstation's HTTP and HTTPS to a listed
 // name are blocked (block page, or a TLS alert without the CA), an
 // unlisted name and an authorized address reach the origin through
-// Balise, QUIC does not cross the gateway, Balise's own connections never
-// loop, and the bypass set goes around Balise.
+// Balise, the server name decides rather than the address, no_sni works
+// both ways, QUIC does not cross the gateway, Balise's own connections
+// never loop, the transparent ports refuse direct connections, and the
+// bypass set goes around Balise.
 func TestTransparentGateway(t *testing.T) {
 	requireRoot(t)
 	requireTool(t, "ip")
@@ -660,9 +732,13 @@ func TestTransparentGateway(t *testing.T) {
 		}},
 		{"iptables-redirect", "redirect", "iptables-restore", func(t *testing.T, l *tgLab, v tgRuleVars) {
 			l.apply(t, tgRenderIptables(t, "iptables-redirect.rules", v), "iptables-restore", "--noflush")
+			v.Bypass = "" // the same file for IPv6, without IPv4 addresses
+			l.apply(t, tgRenderIptables(t, "iptables-redirect.rules", v), "ip6tables-restore", "--noflush")
 		}},
 		{"iptables-tproxy", "tproxy", "iptables-restore", func(t *testing.T, l *tgLab, v tgRuleVars) {
 			l.apply(t, tgRenderIptables(t, "iptables-tproxy.rules", v), "iptables-restore", "--noflush")
+			v.Bypass = ""
+			l.apply(t, tgRenderIptables(t, "iptables-tproxy.rules", v), "ip6tables-restore", "--noflush")
 			l.gw.run(t, "env", "TPROXY_MARK="+v.Mark, "sh", filepath.Join("..", "deploy", "gateway", "tproxy-routing.sh"), "add")
 		}},
 	} {
@@ -680,6 +756,9 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 	// directly (the origin sees the workstation's own address).
 	if code, status, body := l.curl(t, tgPersonnel, "--resolve", tgUnlisted+":80:"+tgUnlistedIP, "http://"+tgUnlisted+"/"); code != 0 || status != "200" || !strings.Contains(body, "from="+tgPersonnel) {
 		t.Fatalf("before the rules, HTTP from the workstation = curl %d, %s %q; want 200 from %s", code, status, body, tgPersonnel)
+	}
+	if code, status, body := l.curl(t, tgPersonnel6, "--resolve", tgUnlisted+":80:["+tgUnlistedIP6+"]", "http://"+tgUnlisted+"/"); code != 0 || status != "200" || !strings.Contains(body, "from="+tgPersonnel6) {
+		t.Fatalf("before the rules, IPv6 HTTP from the workstation = curl %d, %s %q; want 200 from %s", code, status, body, tgPersonnel6)
 	}
 	if !l.udpPasses(t, tgPersonnel, "443") {
 		t.Fatal("before the rules, UDP 443 does not reach the internet namespace: the QUIC check would prove nothing")
@@ -702,7 +781,10 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 	})
 
 	resolver := l.startStubDNS(t)
-	caDir := pxCA(t)
+	caDir := t.TempDir()
+	if out, errs, code := runBalise(t, "ca", "init", "--out", caDir); code != 0 {
+		t.Fatalf("balise ca init = %d\n%s%s", code, out, errs)
+	}
 	caPEM := filepath.Join(caDir, "ca.pem")
 	listedHTTP := "http://" + tgListed + "/"
 	listedHTTPS := "https://" + tgListed + "/"
@@ -710,38 +792,18 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 	resolve443 := tgListed + ":443:" + tgListedIP
 
 	// Without the institution's CA, a blocked HTTPS connection ends with a
-	// TLS alert: no certificate, no response, no hang.
-	in := l.startBalise(t, tgConfig(resolver, mode, ""))
+	// TLS alert: no certificate, no response, no hang. With no_sni =
+	// "deny", so does a ClientHello without a server name.
+	in := l.startBalise(t, tgConfig(resolver, mode, `no_sni = "deny"`))
 	tgRequireTransparent(t, in)
 	t.Run("HTTPS blocked without CA", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		var c net.Conn
-		err := l.ws.do(func() error {
-			var err error
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(tgPersonnel)}}
-			c, err = d.DialContext(ctx, "tcp", tgListedIP+":443")
-			return err
-		})
-		if err != nil {
-			t.Fatalf("dial %s:443 from the workstation: %v", tgListedIP, err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		tc := tls.Client(c, &tls.Config{ServerName: tgListed, InsecureSkipVerify: true})
-		err = tc.Handshake()
-		var ne net.Error
-		switch {
-		case err == nil:
-			t.Fatalf("TLS handshake to the listed name succeeded (peer %v), want a TLS alert", tc.ConnectionState().PeerCertificates[0].Subject)
-		case errors.As(err, &ne) && ne.Timeout():
-			t.Fatalf("TLS handshake to the listed name hung: %v", err)
-		case !strings.Contains(err.Error(), "remote error: tls:"):
-			t.Errorf("TLS handshake to the listed name = %v, want a TLS alert from the gateway", err)
-		}
+		l.wantTLSAlert(t, tgListed, tgListedIP+":443")
 		if code, status, body := l.curl(t, tgPersonnel, "--resolve", resolve443, "--cacert", l.originCA, listedHTTPS); code == 0 || status != "000" || strings.Contains(body, "origin ") {
 			t.Errorf("curl HTTPS to the listed name without CA = curl %d, %s %q; want a TLS failure and no response", code, status, body)
 		}
+	})
+	t.Run("HTTPS without SNI denied", func(t *testing.T) {
+		l.wantTLSAlert(t, "", tgUnlistedIP+":443")
 	})
 	if code := in.Stop(); code != 0 {
 		t.Fatalf("balise exited with %d", code)
@@ -770,6 +832,16 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 		{"HTTPS listed SNI to an unlisted address", tgPersonnel, []string{"--resolve", tgListed + ":443:" + tgUnlistedIP, "--cacert", caPEM, listedHTTPS}, "403", tgService},
 		{"HTTPS listed SNI to an unlisted address for autorises", tgAutorises, []string{"--resolve", tgListed + ":443:" + tgUnlistedIP, "--cacert", l.originCA, listedHTTPS},
 			"200", "origin " + tgUnlistedIP + " https host=" + tgListed + " " + viaBalise},
+		// no_sni = "allow" (default): decided on the destination address.
+		{"HTTPS without SNI allowed", tgPersonnel, []string{"-k", "https://" + tgUnlistedIP + "/"},
+			"200", "origin " + tgUnlistedIP + " https host=" + tgUnlistedIP + " " + viaBalise},
+		// IPv6 (IP6T_SO_ORIGINAL_DST, or TPROXY over IPv6).
+		{"IPv6 HTTP listed blocked", tgPersonnel6, []string{"--resolve", tgListed + ":80:[" + tgListedIP6 + "]", listedHTTP}, "403", tgService},
+		{"IPv6 HTTPS listed block page", tgPersonnel6, []string{"--resolve", tgListed + ":443:[" + tgListedIP6 + "]", "--cacert", caPEM, listedHTTPS}, "403", tgService},
+		{"IPv6 HTTP unlisted through Balise", tgPersonnel6, []string{"--resolve", tgUnlisted + ":80:[" + tgUnlistedIP6 + "]", "http://" + tgUnlisted + "/"},
+			"200", "origin " + tgUnlistedIP6 + " http host=" + tgUnlisted + " from=" + tgGatewayOut6},
+		{"IPv6 HTTPS unlisted through Balise", tgPersonnel6, []string{"--resolve", tgUnlisted + ":443:[" + tgUnlistedIP6 + "]", "--cacert", l.originCA, "https://" + tgUnlisted + "/"},
+			"200", "origin " + tgUnlistedIP6 + " https host=" + tgUnlisted + " from=" + tgGatewayOut6},
 		// The bypass set goes around Balise: the origin sees the
 		// workstation itself.
 		{"bypass set not redirected", tgBypass, []string{"--resolve", resolve80, listedHTTP}, "200", "from=" + tgBypass},
@@ -781,6 +853,15 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 			}
 		})
 	}
+	// A workstation connecting to the transparent ports directly would
+	// have Balise connect to itself: the rule sets refuse it.
+	t.Run("transparent ports not reachable directly", func(t *testing.T) {
+		for _, u := range []string{"http://" + tgGatewayWS + ":3129/", "https://" + tgGatewayWS + ":3130/"} {
+			if code, status, body := l.curl(t, tgPersonnel, "-k", u); code != 7 {
+				t.Errorf("curl %s from the workstation = curl %d, %s %.200q; want 7 (connection refused)", u, code, status, body)
+			}
+		}
+	})
 	if mode == "redirect" {
 		// The gateway's own processes, redirected by the local-intercept
 		// rules, reach the origin through Balise; Balise's own
@@ -796,6 +877,25 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 			}
 		})
 	}
+	// Decisions about the listed service are logged, with the transparent
+	// front and the workstation's address; unlisted browsing never is.
+	t.Run("decision log", func(t *testing.T) {
+		found := false
+		for _, line := range in.Lines() {
+			if line.Msg() != "decision" {
+				continue
+			}
+			if h := line.Str("host"); h != tgListed {
+				t.Errorf("decision line about %q, want only %s: %v", h, tgListed, line)
+			}
+			if line.Str("front") == "transparent" && line.Str("client") == tgPersonnel && line.Str("verdict") == "block" {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no decision line front=transparent client=%s verdict=block host=%s", tgPersonnel, tgListed)
+		}
+	})
 	t.Run("metrics", func(t *testing.T) {
 		m := l.metrics(t, in)
 		for _, c := range []struct {

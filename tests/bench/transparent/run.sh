@@ -32,9 +32,12 @@ WS=bb-ws-$SFX GW=bb-gw-$SFX IN=bb-in-$SFX
 WSIF=gws$SFX
 PIDS=()
 
+BALISE_PID=
 cleanup() {
-	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-	wait 2>/dev/null || true
+	for pid in "${PIDS[@]}" $BALISE_PID; do
+		kill "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
 	for ns in "$WS" "$GW" "$IN"; do ip netns del "$ns" 2>/dev/null || true; done
 	rm -rf "$WORK"
 }
@@ -78,7 +81,6 @@ render() {
 		-e 's/^define BALISE_USER = .*/define BALISE_USER = "root"/' "$GWDIR/$1"
 }
 
-BALISE_PID=
 balise() { # balise MODE: (re)start Balise on the gateway
 	[[ -n $BALISE_PID ]] && { kill "$BALISE_PID"; wait "$BALISE_PID" 2>/dev/null || true; }
 	cat >"$WORK/balise.toml" <<TOML
@@ -102,29 +104,35 @@ TOML
 }
 
 client() { ip netns exec "$WS" "$WORK/client" -cert "$WORK/origin.pem" -c "$CONC" -d "$DURATION" "$@"; }
-measure() { # measure LABEL [client flags]
-	local label=$1 a b
-	shift
+# decided MODE: connections Balise decided in that mode so far (proves the
+# path went through Balise; "-" without Balise).
+decided() {
+	[[ -z $BALISE_PID ]] && { echo -; return; }
+	ip netns exec "$GW" curl -s http://127.0.0.1:9464/metrics |
+		awk -v m="mode=\"$1\"" 'index($0, "balise_proxy_requests_total{") == 1 && index($0, m) { s += $NF } END { print s + 0 }'
+}
+measure() { # measure LABEL MODE [client flags]
+	local label=$1 mode=$2 a b before
+	shift 2
+	before=$(decided "$mode")
 	a=$(client "$@" -target 203.0.113.10:443 connect | sed 's/^connect: //')
 	b=$(client "$@" -target 203.0.113.20:443 tunnel | sed 's/.* = //')
-	printf '%-34s | %-34s | %s\n' "$label" "$a" "$b"
+	printf '%-30s | %-32s | %-10s | %s\n' "$label" "$a" "$b" "$before -> $(decided "$mode")"
 }
 
 printf 'duration %s, %d workers, %d bytes through one tunnel\n' "$DURATION" "$CONC" "$BYTES"
-printf '%-34s | %-34s | %s\n' path "new conn + TLS + 1 request" "one tunnel"
-measure "forwarded, no Balise"
+printf '%-30s | %-32s | %-10s | %s\n' path "new conn + TLS + 1 request" "one tunnel" "decided by Balise"
+measure "forwarded, no Balise" none
 
 balise redirect
 render nftables-redirect.nft >"$WORK/redirect.nft"
 ip netns exec "$GW" nft -f "$WORK/redirect.nft"
-measure "Balise transparent (REDIRECT)"
-measure "Balise explicit (CONNECT)" -proxy 192.0.2.1:3128
+measure "Balise transparent (REDIRECT)" transparent
+measure "Balise explicit (CONNECT)" explicit -proxy 192.0.2.1:3128
 ip netns exec "$GW" nft delete table inet balise_gateway
 
 balise tproxy
 ip netns exec "$GW" sh "$GWDIR/tproxy-routing.sh" add
 render nftables-tproxy.nft >"$WORK/tproxy.nft"
 ip netns exec "$GW" nft -f "$WORK/tproxy.nft"
-measure "Balise transparent (TPROXY)"
-
-grep -h 'balise_proxy_requests_total' <(ip netns exec "$GW" curl -s http://127.0.0.1:9464/metrics) >&2 || true
+measure "Balise transparent (TPROXY)" transparent
