@@ -80,14 +80,19 @@ resolver = %q
 }
 
 // exRequireFrontEnds fails (or, outside BALISE_E2E=1, skips) when this
-// build has no proxy or DNS front-end.
+// build has no proxy or DNS front-end: neither logs msg="listening"
+// within 2 s of msg="started".
 func exRequireFrontEnds(t *testing.T, in *instance) {
 	t.Helper()
-	if len(in.Addrs("proxy")) == 0 || len(in.Addrs("dns-udp")) == 0 {
-		if e2eStrict {
-			t.Fatal("BALISE_E2E=1 but this build logs no proxy or DNS listener")
+	for _, svc := range []string{"proxy", "dns-udp"} {
+		if _, err := in.waitLog(0, 2*time.Second, func(l logLine) bool {
+			return l.Msg() == "listening" && l.Str("service") == svc
+		}); err != nil {
+			if e2eStrict {
+				t.Fatalf("BALISE_E2E=1 but this build logs no %s listener", svc)
+			}
+			t.Skipf("this build has no %s front-end", svc)
 		}
-		t.Skip("this build has no proxy or DNS front-end")
 	}
 }
 
@@ -242,7 +247,7 @@ func TestExceptionsCrashSafety(t *testing.T) {
 	dnsAddr := exSocialDNS(t)
 	port := exBackend(t)
 	dir := t.TempDir()
-	conf := exProxyConfig(dnsAddr, "") // limits: see the per-round clients below
+	conf := exProxyConfig(dnsAddr, "")
 	rounds := 6
 	type receipt struct{ id, client, justification string }
 	var (
@@ -258,43 +263,47 @@ func TestExceptionsCrashSafety(t *testing.T) {
 		ctx, stop := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
 		for w := 0; w < 4; w++ {
-			// Each worker is its own workstation (per-client limits).
-			src := fmt.Sprintf("127.0.%d.%d", 10+round, w+1)
-			client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-				Proxy:       http.ProxyURL(proxyURL),
-				DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext,
-			}}
 			wg.Go(func() {
 				site := "http://www.social.test:" + port + "/"
-				for n := 0; n < 3 && ctx.Err() == nil; n++ { // 3 = max_pending_per_client
-					resp, err := client.Get(site)
-					if err != nil {
-						return
-					}
-					page, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					m := exTokenRE.FindSubmatch(page)
-					if m == nil {
-						return
-					}
-					mu.Lock()
-					seq++
-					why := fmt.Sprintf("Demande numéro %d pour le test de robustesse", seq)
-					mu.Unlock()
-					form := url.Values{"service": {"socialtest"}, "host": {"www.social.test"},
-						"token": {html.UnescapeString(string(m[1]))}, "lang": {"fr"}, "name": {"Test"},
-						"justification": {why}, "duration": {"1h"}}
-					resp, err = client.PostForm(site+".balise/request", form)
-					if err != nil {
-						return
-					}
-					body, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if id := idRE.FindSubmatch(body); resp.StatusCode == 200 && id != nil {
+				// Every 3 requests (max_pending_per_client) come from a
+				// new workstation; the loop ends when serve is killed.
+				for c := 1; c < 250 && ctx.Err() == nil; c++ {
+					src := fmt.Sprintf("127.%d.%d.%d", 10+round, w+1, c)
+					client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+						Proxy:       http.ProxyURL(proxyURL),
+						DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext,
+					}}
+					for n := 0; n < 3 && ctx.Err() == nil; n++ {
+						resp, err := client.Get(site)
+						if err != nil {
+							return
+						}
+						page, _ := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						m := exTokenRE.FindSubmatch(page)
+						if m == nil {
+							return
+						}
 						mu.Lock()
-						received = append(received, receipt{string(id[1]), src, why})
+						seq++
+						why := fmt.Sprintf("Demande numéro %d pour le test de robustesse", seq)
 						mu.Unlock()
+						form := url.Values{"service": {"socialtest"}, "host": {"www.social.test"},
+							"token": {html.UnescapeString(string(m[1]))}, "lang": {"fr"}, "name": {"Test"},
+							"justification": {why}, "duration": {"1h"}}
+						resp, err = client.PostForm(site+".balise/request", form)
+						if err != nil {
+							return
+						}
+						body, _ := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						if id := idRE.FindSubmatch(body); resp.StatusCode == 200 && id != nil {
+							mu.Lock()
+							received = append(received, receipt{string(id[1]), src, why})
+							mu.Unlock()
+						}
 					}
+					client.CloseIdleConnections()
 				}
 			})
 		}

@@ -40,6 +40,7 @@ type exceptionsCLI struct {
 	config         string
 	cfg            *config.Config
 	reg            *exceptions.Register
+	verifying      bool // the command is verify
 }
 
 // runExceptions runs `balise exceptions ...` (args after "exceptions") and
@@ -156,8 +157,11 @@ func (c *exceptionsCLI) open() int {
 		return exitInvalid
 	}
 	if err := reg.Repair(ctx); errors.Is(err, exceptions.ErrAudit) {
-		// Reads and verify still work; writes fail with this error.
-		fmt.Fprintf(c.stderr, "balise exceptions: warning: %v\n", err)
+		// Reads and verify still work; writes fail with this error,
+		// which verify explains itself.
+		if !c.verifying {
+			fmt.Fprintf(c.stderr, "balise exceptions: warning: %v\n", err)
+		}
 	} else if err != nil {
 		reg.Close()
 		fmt.Fprintf(c.stderr, "balise exceptions: %v\n", err)
@@ -405,6 +409,7 @@ func (c *exceptionsCLI) verify(args []string) int {
 	if _, code := c.parse(fs, args, 0); code >= 0 {
 		return code
 	}
+	c.verifying = true
 	if code := c.open(); code >= 0 {
 		return code
 	}

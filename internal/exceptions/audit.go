@@ -54,12 +54,13 @@ type Event struct {
 	Reason string `json:"reason,omitempty"`
 	Note   string `json:"note,omitempty"`
 	// Before, Count and IDs describe a purge or an export.
-	Before string   `json:"before,omitempty"`
-	Since  string   `json:"since,omitempty"`
-	Format string   `json:"format,omitempty"`
-	Count  int      `json:"count,omitempty"`
-	IDs    []string `json:"ids,omitempty"`
-	Hash   string   `json:"hash,omitempty"`
+	Before string `json:"before,omitempty"`
+	Since  string `json:"since,omitempty"`
+	Format string `json:"format,omitempty"`
+	Count  *int   `json:"count,omitempty"` // set on purged and exported
+
+	IDs  []string `json:"ids,omitempty"`
+	Hash string   `json:"hash,omitempty"`
 }
 
 func formatTime(t time.Time) string {
@@ -251,7 +252,7 @@ func (a *auditFile) reconcile(h Head) (int64, error) {
 	}
 	size := fi.Size()
 	if size < h.End {
-		return 0, fmt.Errorf("%w: %s is %d bytes but the register recorded %d: lines were removed; run verify", ErrAudit, a.path, size, h.End)
+		return 0, fmt.Errorf("%w: %s is shorter than the register recorded (%d bytes, want at least %d): the log was cut or edited; run verify", ErrAudit, a.path, size, h.End)
 	}
 	if h.Seq > 0 {
 		last := make([]byte, h.End-h.Start)
@@ -259,7 +260,7 @@ func (a *auditFile) reconcile(h Head) (int64, error) {
 			return 0, err
 		}
 		if len(last) == 0 || last[len(last)-1] != '\n' || lineHash(last[:len(last)-1]) != h.Hash {
-			return 0, fmt.Errorf("%w: the last committed line of %s (seq %d) was edited; run verify", ErrAudit, a.path, h.Seq)
+			return 0, fmt.Errorf("%w: %s no longer holds, where the register expects it, the last line it recorded (seq %d): the log was edited or replaced; run verify", ErrAudit, a.path, h.Seq)
 		}
 	}
 	if size == h.End {

@@ -275,7 +275,9 @@ func (r *Register) purge(ctx context.Context, olderThan time.Duration, by string
 		if len(ids) == 0 && !always {
 			return nil, nil
 		}
-		return []Event{{Event: EventPurged, Actor: by, Before: formatTime(before), Count: len(ids), IDs: ids}}, nil
+		return []Event{{Event: EventPurged, Actor: by, Before: formatTime(before), Count: intp(len(ids)), IDs: ids}}, nil
 	})
 	return ids, err
 }
+
+func intp(n int) *int { return &n }

@@ -143,8 +143,8 @@ func (r *Register) Export(ctx context.Context, w io.Writer, format string, since
 		cw.Write(CSVHeader)
 		for _, e := range events {
 			count := ""
-			if e.Event == EventPurged || e.Event == EventExported {
-				count = strconv.Itoa(e.Count)
+			if e.Count != nil {
+				count = strconv.Itoa(*e.Count)
 			}
 			cw.Write([]string{strconv.FormatInt(e.Seq, 10), e.Time, e.Event, e.ID, e.Client, cell(e.User),
 				strings.Join(e.Services, " "), e.Host, e.Duration, e.Subject, e.NotBefore, e.NotAfter,
@@ -156,7 +156,7 @@ func (r *Register) Export(ctx context.Context, w io.Writer, format string, since
 	if err != nil {
 		return 0, err
 	}
-	ev := Event{Event: EventExported, Actor: by, Format: format, Count: len(events), Since: formatTime(since)}
+	ev := Event{Event: EventExported, Actor: by, Format: format, Count: intp(len(events)), Since: formatTime(since)}
 	return len(events), r.update(ctx, func(Tx, time.Time) ([]Event, error) { return []Event{ev}, nil })
 }
 
