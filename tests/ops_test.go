@@ -91,9 +91,7 @@ func opsRunTool(t *testing.T, stdin []byte, name string, args ...string) (string
 func TestPromtoolCheckMetrics(t *testing.T) {
 	promtool := requireTool(t, "promtool")
 	in := opsStartFull(t)
-	if _, ok := opsDNSAddr(in); ok {
-		opsQueryBlocked(t, in) // so the DNS series carry samples
-	}
+	opsQueryBlocked(t, in) // so the DNS series carry samples
 	body := in.Metrics()
 	if !strings.Contains(body, "balise_build_info") {
 		t.Fatalf("/metrics has no balise_build_info:\n%s", body)
@@ -103,22 +101,12 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 	}
 }
 
-// opsDNSAddr returns the UDP address of the instance's DNS filter, if it
-// runs one.
-func opsDNSAddr(in *instance) (string, bool) {
-	a := in.Addrs("dns-udp")
-	if len(a) == 0 {
-		return "", false
-	}
-	return a[0], true
-}
-
 // opsQueryBlocked asks the instance's DNS filter for a listed name the
 // default policy blocks and checks the block answer (NXDOMAIN, the
 // default block_response).
 func opsQueryBlocked(t *testing.T, in *instance) {
 	t.Helper()
-	addr, _ := opsDNSAddr(in)
+	addr := in.Addr("dns-udp")
 	m := new(dns.Msg)
 	m.SetQuestion("www.facebook.com.", dns.TypeA)
 	c := &dns.Client{Timeout: 5 * time.Second}
@@ -407,22 +395,17 @@ pending_alert_after = "1s"
 	})
 
 	// Events the test causes reach Prometheus: a reload, an exception
-	// request, and a blocked DNS query when this build runs the DNS filter.
+	// request and a blocked DNS query.
 	if got := in.Reload(); got.Msg() != "configuration reloaded" {
 		t.Fatalf("reload: %v", got)
 	}
 	opsSubmitRequest(t, filepath.Join(in.Dir, "balise-data", "balise.db"), filepath.Join(in.Dir, "balise-data", "exceptions.jsonl"))
-	checks := []string{
+	opsQueryBlocked(t, in)
+	for _, q := range []string{
 		`balise_config_reloads_total{job="balise", result="success"}`,
 		`balise_exceptions_pending{job="balise"}`,
-	}
-	if _, ok := opsDNSAddr(in); ok {
-		opsQueryBlocked(t, in)
-		checks = append(checks, `sum(balise_dns_queries_total{job="balise", verdict="block"})`)
-	} else {
-		t.Log("this build runs no DNS filter: no DNS series checked")
-	}
-	for _, q := range checks {
+		`sum(balise_dns_queries_total{job="balise", verdict="block", reason="default"})`,
+	} {
 		opsEventually(t, 30*time.Second, q+" > 0 in Prometheus", func() error {
 			v, err := opsPromValue(base, q)
 			if err == nil && v <= 0 {
