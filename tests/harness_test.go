@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/balise-net/balise/deploy"
 )
 
 // baliseBin is the binary built once by TestMain.
@@ -41,7 +43,11 @@ func testMain(m *testing.M) int {
 	baliseBin = filepath.Join(dir, "balise")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", baliseBin, "github.com/balise-net/balise/cmd/balise")
+	// The binary under test is the release binary: the same flags and
+	// environment as the container image (deploy.BuildArgs).
+	cmd := exec.CommandContext(ctx, "go", deploy.BuildArgs(baliseBin)...)
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), deploy.BuildEnv...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "tests: building balise:", err)

@@ -4,33 +4,19 @@ import (
 	"context"
 	"debug/buildinfo"
 	"debug/elf"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/balise-net/balise/deploy"
 )
 
-// TestReleaseBuild builds Balise exactly as the container image does
-// (deploy.BuildArgs, deploy.BuildEnv) and checks the result: a static
-// executable carrying the release settings, which runs.
+// TestReleaseBuild checks the binary every end-to-end test drives, which
+// TestMain builds exactly as the container image does (deploy.BuildArgs,
+// deploy.BuildEnv): a static executable carrying the release settings,
+// which runs.
 func TestReleaseBuild(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary again; skipped with -short")
-	}
-	out := filepath.Join(t.TempDir(), "balise")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", deploy.BuildArgs(out)...)
-	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), deploy.BuildEnv...)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go %s: %v\n%s", strings.Join(deploy.BuildArgs(out), " "), err, b)
-	}
+	out := baliseBin
 
 	// Static: no dynamic loader, no shared libraries.
 	f, err := elf.Open(out)

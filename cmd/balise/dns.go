@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"reflect"
 	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/balise-net/balise/config"
 	"github.com/balise-net/balise/dnsfilter"
@@ -30,6 +34,9 @@ func startDNS(ctx context.Context, rt *runtime) error {
 		return err
 	}
 	rt.addReady("dns-upstreams", f.Ready)
+	if probe := selfProbe(f.Addrs()); probe != nil {
+		rt.addLive("dns", probe)
+	}
 	rt.onReload(func(nc *config.Config) {
 		if !reflect.DeepEqual(nc.DNS, c) {
 			rt.log.Warn("[dns] changed: the new settings take effect at the next restart; the new policy is in force now")
@@ -78,4 +85,40 @@ func dnsOptions(c config.DNSSection, rt *runtime) dnsfilter.Options {
 		DecisionLog:     rt.decisions,
 		Clock:           rt.now,
 	}
+}
+
+// selfProbe returns a liveness check that asks the filter's first UDP
+// listener for _dns.resolver.arpa, a name the filter answers itself
+// without any upstream: it proves the serving loop still answers, whatever
+// the upstreams do. Nil when no UDP listener is bound.
+func selfProbe(addrs []net.Addr) func() error {
+	for _, a := range addrs {
+		u, ok := a.(*net.UDPAddr)
+		if !ok {
+			continue
+		}
+		ip := u.IP
+		if ip.IsUnspecified() {
+			if ip.To4() != nil {
+				ip = net.IPv4(127, 0, 0, 1)
+			} else {
+				ip = net.IPv6loopback
+			}
+		}
+		target := net.JoinHostPort(ip.String(), fmt.Sprint(u.Port))
+		c := &dns.Client{Net: "udp", Timeout: 3 * time.Second}
+		return func() error {
+			m := new(dns.Msg)
+			m.SetQuestion("_dns.resolver.arpa.", dns.TypeSVCB)
+			r, _, err := c.Exchange(m, target)
+			if err != nil {
+				return fmt.Errorf("self-query to %s: %w", target, err)
+			}
+			if r.Rcode != dns.RcodeSuccess {
+				return fmt.Errorf("self-query to %s: %s", target, dns.RcodeToString[r.Rcode])
+			}
+			return nil
+		}
+	}
+	return nil
 }

@@ -63,6 +63,7 @@ type runtime struct {
 	base    *policy.Policy // compiled configuration, no grants
 	grants  []policy.Grant // current grant snapshot
 	ready   []readyCheck
+	live    []readyCheck
 	reloads []func(*config.Config)
 }
 
@@ -125,6 +126,28 @@ func (rt *runtime) addReady(name string, check func() error) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	rt.ready = append(rt.ready, readyCheck{name: name, check: check})
+}
+
+// addLive registers a liveness check: the systemd watchdog is fed only
+// while every check returns nil, so a front-end whose serving loop hangs
+// gets the process restarted. A check must answer within a few seconds.
+func (rt *runtime) addLive(name string, check func() error) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.live = append(rt.live, readyCheck{name: name, check: check})
+}
+
+// liveness runs every liveness check and returns the first failure.
+func (rt *runtime) liveness() error {
+	rt.mu.Lock()
+	checks := slices.Clone(rt.live)
+	rt.mu.Unlock()
+	for _, c := range checks {
+		if err := c.check(); err != nil {
+			return fmt.Errorf("%s: %w", c.name, err)
+		}
+	}
+	return nil
 }
 
 // onReload registers f to run after every successful reload, with the new

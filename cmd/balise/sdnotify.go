@@ -76,8 +76,10 @@ func watchdogInterval(getenv func(string) string, pid int) (time.Duration, bool)
 	return time.Duration(usec) * time.Microsecond / 2, true
 }
 
-// runWatchdog sends WATCHDOG=1 every interval until ctx ends.
-func (n *notifier) runWatchdog(ctx context.Context, interval time.Duration) {
+// runWatchdog sends WATCHDOG=1 every interval until ctx ends, as long as
+// alive (nil: always) reports no error; a failing check withholds the ping
+// so that systemd restarts a hung process. onFail (may be nil) hears why.
+func (n *notifier) runWatchdog(ctx context.Context, interval time.Duration, alive func() error, onFail func(error)) {
 	if n == nil || interval <= 0 {
 		return
 	}
@@ -88,6 +90,14 @@ func (n *notifier) runWatchdog(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			if alive != nil {
+				if err := alive(); err != nil {
+					if onFail != nil {
+						onFail(err)
+					}
+					continue
+				}
+			}
 			_ = n.notify("WATCHDOG=1")
 		}
 	}

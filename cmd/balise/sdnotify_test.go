@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -81,7 +83,7 @@ func TestNotifierWatchdog(t *testing.T) {
 	n := newNotifier(getenv)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { n.runWatchdog(ctx, 10*time.Millisecond); close(done) }()
+	go func() { n.runWatchdog(ctx, 10*time.Millisecond, nil, nil); close(done) }()
 	for range 3 {
 		if got := next(); got != "WATCHDOG=1" {
 			t.Errorf("watchdog sent %q, want WATCHDOG=1", got)
@@ -92,6 +94,27 @@ func TestNotifierWatchdog(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("runWatchdog did not return after cancel")
+	}
+}
+
+func TestWatchdogWithheldWhileNotAlive(t *testing.T) {
+	getenv, next := listenNotify(t, filepath.Join(t.TempDir(), "wd.sock"))
+	n := newNotifier(getenv)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var calls, failures atomic.Int32
+	alive := func() error {
+		if calls.Add(1) <= 3 {
+			return errors.New("dns self-query timed out")
+		}
+		return nil
+	}
+	go n.runWatchdog(ctx, 10*time.Millisecond, alive, func(error) { failures.Add(1) })
+	if got := next(); got != "WATCHDOG=1" {
+		t.Fatalf("watchdog sent %q, want WATCHDOG=1", got)
+	}
+	if f := failures.Load(); f != 3 {
+		t.Errorf("first ping after %d failed checks, want 3 (no ping while a check fails)", f)
 	}
 }
 

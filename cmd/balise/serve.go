@@ -158,7 +158,11 @@ func (s *server) run(parent context.Context, sigs <-chan os.Signal) int {
 		log.Warn("systemd notification failed", "error", err)
 	}
 	if iv, ok := watchdogInterval(s.getenv, os.Getpid()); ok && s.notify != nil {
-		wg.Go(func() { s.notify.runWatchdog(ctx, iv) })
+		wg.Go(func() {
+			s.notify.runWatchdog(ctx, iv, s.rt.liveness, func(err error) {
+				log.Error("liveness check failed: withholding the watchdog ping", "error", err)
+			})
+		})
 	}
 	log.Info("started", "config", cfgName)
 
