@@ -83,6 +83,7 @@ var knownMetrics = map[string]bool{
 	"balise_proxy_cert_cache_hits_total":           true,
 	"balise_proxy_cert_cache_misses_total":         true,
 	"balise_proxy_sni_mismatch_total":              true,
+	"balise_decisions_total":                       true,
 	"balise_exceptions_requests_total":             true,
 	"balise_exceptions_pending":                    true,
 	"balise_exceptions_oldest_pending_age_seconds": true,

@@ -57,6 +57,7 @@ var wantLabels = map[string][]string{
 	"balise_proxy_tunnel_bytes_total":              {"direction", "mode"},
 	"balise_proxy_tunnels_closed_total":            {"cause", "mode"},
 	"balise_exceptions_requests_total":             {"result"},
+	"balise_decisions_total":                       {"category", "front", "reason", "verdict"},
 }
 
 var metricNameSyntax = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)

@@ -84,6 +84,9 @@ func newRuntime(cfg *config.Config, p *policy.Policy, reg prometheus.Registerer,
 		now:       now,
 		decisions: decisionlog.New(log, cfg.Log.DecisionWindow, 0),
 	}
+	if err := rt.decisions.Register(reg); err != nil {
+		log.Warn("decision metrics not registered", "error", err)
+	}
 	rt.setBase(p)
 	return rt
 }

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/balise-net/balise/internal/policy"
 )
 
@@ -50,8 +52,29 @@ type Logger struct {
 	window time.Duration
 	max    int
 
+	// decisions counts every decision passed to Log, before deduplication
+	// (nil until Register).
+	decisions *prometheus.CounterVec
+
 	mu      sync.Mutex
 	entries map[key]*seen
+}
+
+// Register creates balise_decisions_total{front,verdict,reason,category}
+// on reg: every decision about a listed service, counted before
+// deduplication. Its labels are bounded by the configuration (fronts,
+// verdicts, reasons and categories are small fixed sets); no client, user
+// or host ever is a label. Call it once, before the first Log.
+func (l *Logger) Register(reg prometheus.Registerer) error {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "balise_decisions_total",
+		Help: "Decisions about listed services by front-end (dns, http, connect, transparent), verdict, reason and category, counted before log deduplication.",
+	}, []string{"front", "verdict", "reason", "category"})
+	if err := reg.Register(c); err != nil {
+		return err
+	}
+	l.decisions = c
+	return nil
 }
 
 // New returns a Logger writing to log. window is the deduplication window
@@ -75,6 +98,9 @@ func New(log *slog.Logger, window time.Duration, max int) *Logger {
 func (l *Logger) Log(now time.Time, e Entry) {
 	if l == nil || !e.Decision.Listed() {
 		return
+	}
+	if l.decisions != nil {
+		l.decisions.WithLabelValues(e.Front, e.Decision.Verdict.String(), e.Decision.Reason.String(), e.Decision.Category).Inc()
 	}
 	k := key{client: e.Client.Unmap(), user: e.User, service: e.Decision.Service, verdict: e.Decision.Verdict}
 	l.mu.Lock()

@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/balise-net/balise/internal/policy"
 )
 
@@ -160,5 +163,39 @@ func TestRunFlushesAtEnd(t *testing.T) {
 	got := lines(t, buf)
 	if len(got) != 2 || got[1].Repeats != 1 {
 		t.Fatalf("lines after Run ended = %+v, want the held-back repeat summarized", got)
+	}
+}
+
+func TestDecisionsCounted(t *testing.T) {
+	l, _ := newTest(t, time.Minute, 0)
+	reg := prometheus.NewRegistry()
+	if err := l.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 5, 12, 14, 0, 0, 0, time.UTC)
+	a := netip.MustParseAddr("10.0.0.1")
+	for range 3 { // deduplicated in the log, but every one is counted
+		l.Log(t0, Entry{Front: "dns", Client: a, Decision: blocked("facebook")})
+	}
+	l.Log(t0, Entry{Front: "http", Client: a, Decision: policy.Decision{Verdict: policy.Allow, Reason: policy.ReasonGrant, Service: "tiktok", Category: "media-sharing"}})
+	l.Log(t0, Entry{Front: "dns", Client: a, Decision: policy.Decision{Verdict: policy.Allow, Reason: policy.ReasonUnlisted}})
+	for _, tt := range []struct {
+		labels []string
+		want   float64
+	}{
+		{[]string{"dns", "block", "rule", "networking"}, 3},
+		{[]string{"http", "allow", "grant", "media-sharing"}, 1},
+		{[]string{"dns", "allow", "unlisted", ""}, 0},
+	} {
+		var m dto.Metric
+		if err := l.decisions.WithLabelValues(tt.labels...).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		if got := m.GetCounter().GetValue(); got != tt.want {
+			t.Errorf("balise_decisions_total%v = %v, want %v", tt.labels, got, tt.want)
+		}
+	}
+	if err := l.Register(reg); err == nil {
+		t.Error("registering twice on one registry succeeded")
 	}
 }
