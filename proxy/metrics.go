@@ -47,10 +47,11 @@ const (
 	refusalPort
 	refusalLimit
 	refusalBadRequest
+	refusalLoop // the destination is Balise itself
 	numRefusals
 )
 
-var refusalNames = [numRefusals]string{"client", "port", "limit", "bad_request"}
+var refusalNames = [numRefusals]string{"client", "port", "limit", "bad_request", "loop"}
 
 const (
 	causeClosed   = iota // both sides finished normally
@@ -93,7 +94,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}, []string{"mode", "kind", "verdict", "reason"})
 	refusals := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "balise_proxy_refusals_total",
-		Help: "Requests refused before any policy decision, by reason (client not allowed, port, per-client limit, bad request).",
+		Help: "Requests refused before any policy decision, by reason (client not allowed, port, per-client limit, bad request, loop: the destination is Balise itself).",
 	}, []string{"mode", "reason"})
 	active := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "balise_proxy_tunnels_active",

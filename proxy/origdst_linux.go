@@ -3,6 +3,7 @@
 package proxy
 
 import (
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
@@ -44,20 +45,34 @@ func redirectedDst(c net.Conn) (netip.AddrPort, error) {
 			serr = e
 			return
 		}
-		port := uint16(sa[2])<<8 | uint16(sa[3])
-		switch family := uint16(sa[0]) | uint16(sa[1])<<8; family {
-		case syscall.AF_INET:
-			ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), port)
-		case syscall.AF_INET6:
-			ap = netip.AddrPortFrom(netip.AddrFrom16([16]byte(sa[8:24])).Unmap(), port)
-		default:
-			serr = errors.New("original destination: unknown address family")
-		}
+		ap, serr = decodeSockaddr(sa[:min(int(l), len(sa))])
 	})
 	if cerr != nil {
 		return netip.AddrPort{}, cerr
 	}
 	return ap, serr
+}
+
+// decodeSockaddr decodes the sockaddr_in or sockaddr_in6 the kernel
+// wrote for SO_ORIGINAL_DST: the family in host byte order, the port and
+// address in network byte order.
+func decodeSockaddr(sa []byte) (netip.AddrPort, error) {
+	if len(sa) < 2 {
+		return netip.AddrPort{}, errors.New("original destination: short address")
+	}
+	switch binary.NativeEndian.Uint16(sa[0:2]) {
+	case syscall.AF_INET:
+		if len(sa) < 8 {
+			return netip.AddrPort{}, errors.New("original destination: short IPv4 address")
+		}
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), binary.BigEndian.Uint16(sa[2:4])), nil
+	case syscall.AF_INET6:
+		if len(sa) < 24 {
+			return netip.AddrPort{}, errors.New("original destination: short IPv6 address")
+		}
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(sa[8:24])).Unmap(), binary.BigEndian.Uint16(sa[2:4])), nil
+	}
+	return netip.AddrPort{}, errors.New("original destination: unknown address family")
 }
 
 // transparentControl marks a listening socket IP_TRANSPARENT (TPROXY).

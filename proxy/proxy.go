@@ -43,8 +43,12 @@ type Proxy struct {
 	seenHosts    sync.Map // service id -> a host seen for it (for the portal)
 	serviceHosts atomic.Pointer[map[string]string]
 
-	selfMu sync.RWMutex
-	self   map[string]bool // "host:port" of our own listeners
+	selfMu    sync.RWMutex
+	self      map[string]bool // "host:port" of our own listeners
+	selfPorts map[uint16]bool // their ports
+	local     localAddrs      // this host's interface addresses
+
+	sniChecks chan struct{} // slots for background SNI/address checks
 }
 
 // New returns a Proxy configured by opts. It fails when opts.Policy is
@@ -59,7 +63,8 @@ func New(opts Options) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
-	p := &Proxy{opts: opts, m: m, ports: map[uint16]bool{}, self: map[string]bool{}}
+	p := &Proxy{opts: opts, m: m, ports: map[uint16]bool{}, self: map[string]bool{}, selfPorts: map[uint16]bool{},
+		sniChecks: make(chan struct{}, maxSNIChecks)}
 	for _, port := range opts.ConnectPorts {
 		p.ports[port] = true
 	}
@@ -187,6 +192,7 @@ func (p *Proxy) addSelf(a net.Addr) {
 	defer p.selfMu.Unlock()
 	port := strconv.Itoa(int(ap.Port()))
 	p.self[ap.String()] = true
+	p.selfPorts[ap.Port()] = true
 	if ap.Addr().IsUnspecified() || ap.Addr().IsLoopback() {
 		p.self["localhost:"+port] = true
 		p.self["127.0.0.1:"+port] = true
@@ -253,7 +259,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if strings.Contains(r.Header.Get("Via"), p.via) {
-		p.m.refusals[modeExplicit][refusalBadRequest].Inc()
+		p.m.refusals[modeExplicit][refusalLoop].Inc()
 		p.refuse(w, http.StatusLoopDetected, "http_request_error", "request loop", "Balise: request loop\n")
 		return
 	}

@@ -42,15 +42,14 @@ func (p *Proxy) originalDst(c net.Conn) (netip.AddrPort, error) {
 	return redirectedDst(c)
 }
 
-// isSelfAddr reports whether ap is one of Balise's own listeners: traffic
-// to it would loop.
-func (p *Proxy) isSelfAddr(ap netip.AddrPort) bool {
-	p.selfMu.RLock()
-	defer p.selfMu.RUnlock()
-	return p.self[ap.String()]
-}
-
 type origDstKey struct{}
+
+// origDst is a transparent HTTP connection's original destination, as
+// found when the connection was accepted.
+type origDst struct {
+	ap   netip.AddrPort // invalid when unknown
+	loop bool           // ap is Balise itself
+}
 
 // StartTransparentHTTP serves redirected port-80 traffic on ln until ctx
 // ends: each request is decided on its Host header and forwarded to the
@@ -75,11 +74,11 @@ func (p *Proxy) StartTransparentHTTP(ctx context.Context, ln net.Listener) <-cha
 		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 		ConnContext: func(cctx context.Context, c net.Conn) context.Context {
-			ap, err := p.originalDst(c)
-			if err != nil {
-				ap = netip.AddrPort{}
+			var o origDst
+			if ap, err := p.originalDst(c); err == nil && ap.IsValid() {
+				o = origDst{ap: ap, loop: p.isLoop(c, ap)}
 			}
-			return context.WithValue(cctx, origDstKey{}, ap)
+			return context.WithValue(cctx, origDstKey{}, o)
 		},
 	}
 	p.opts.Logger.Info("listening", "service", "transparent-http", "addr", ln.Addr().String())
@@ -112,8 +111,14 @@ func (p *Proxy) serveTransparentHTTP(gp *goproxy.ProxyHttpServer, w http.Respons
 		p.refuse(w, http.StatusForbidden, "http_request_denied", "client address not allowed", "Balise : adresse non autorisée / address not allowed\n")
 		return
 	}
-	orig, _ := r.Context().Value(origDstKey{}).(netip.AddrPort)
-	if !orig.IsValid() || p.isSelfAddr(orig) || strings.Contains(r.Header.Get("Via"), p.via) {
+	o, _ := r.Context().Value(origDstKey{}).(origDst)
+	orig := o.ap
+	if o.loop || strings.Contains(r.Header.Get("Via"), p.via) {
+		p.m.refusals[modeTransparent][refusalLoop].Inc()
+		p.refuse(w, http.StatusLoopDetected, "http_request_error", "request loop", "Balise: request loop\n")
+		return
+	}
+	if !orig.IsValid() {
 		p.m.refusals[modeTransparent][refusalBadRequest].Inc()
 		p.refuse(w, http.StatusBadGateway, "destination_unavailable", "no usable original destination", "Balise: no usable original destination\n")
 		return
@@ -193,8 +198,13 @@ func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
 		return
 	}
 	orig, err := p.originalDst(c)
-	if err != nil || !orig.IsValid() || p.isSelfAddr(orig) {
+	if err != nil || !orig.IsValid() {
 		p.m.refusals[modeTransparent][refusalBadRequest].Inc()
+		c.Close()
+		return
+	}
+	if p.isLoop(c, orig) {
+		p.m.refusals[modeTransparent][refusalLoop].Inc()
 		c.Close()
 		return
 	}
@@ -256,8 +266,8 @@ func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
 		c.Close()
 		return
 	}
-	if d.Listed() && !d.IP && !p.resolvesTo(ctx, host, orig.Addr()) {
-		p.m.sniMismatch[modeTransparent].Inc()
+	if d.Listed() && !d.IP {
+		p.checkSNIAddr(ctx, host, orig.Addr())
 	}
 	origin, err := p.dial.dialTunnel(ctx, orig.String())
 	if err != nil {
@@ -271,6 +281,29 @@ func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
 	released, handed = true, true
 	p.startTunnel(&tunnel{p: p, mode: modeTransparent, client: c, origin: origin, clientAddr: client,
 		hosts: hosts, replay: hello, until: earliestUntil(d)})
+}
+
+// maxSNIChecks bounds the background SNI/address checks running at once;
+// beyond it a connection is not checked.
+const maxSNIChecks = 32
+
+// checkSNIAddr counts, in the background, a transparent connection whose
+// server name does not resolve to the address it was going to. It never
+// waits: when maxSNIChecks checks are already running, it drops this one
+// and reports false.
+func (p *Proxy) checkSNIAddr(ctx context.Context, host string, addr netip.Addr) bool {
+	select {
+	case p.sniChecks <- struct{}{}:
+	default:
+		return false
+	}
+	go func() {
+		defer func() { <-p.sniChecks }()
+		if !p.resolvesTo(ctx, host, addr) {
+			p.m.sniMismatch[modeTransparent].Inc()
+		}
+	}()
+	return true
 }
 
 // resolvesTo reports whether host resolves (through the configured

@@ -188,6 +188,7 @@ func TestFamilyProblems(t *testing.T) {
 // not export would never fire.
 func TestDeployFilesUseExposedMetrics(t *testing.T) {
 	in := opsStartFull(t)
+	opsQueryBlocked(t, in) // per-category decision series exist once a listed name is decided
 	fams := opsScrapeFamilies(t, in)
 	used := map[string][]string{} // metric -> where
 	for where, expr := range opsDeployExprs(t) {
