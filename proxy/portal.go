@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,7 +42,7 @@ func (p *Proxy) servePortal(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 			return
 		}
-		body := p.portalPage(client, p.opts.Clock(), r.Header.Get("Accept-Language"))
+		body := p.portalPage(client, p.opts.Clock(), r.Header.Get("Accept-Language"), r.URL.Query().Get("service"))
 		h := w.Header()
 		h.Set("Content-Type", "text/html; charset=utf-8")
 		h.Set("Cache-Control", "no-store")
@@ -151,23 +152,31 @@ th,td{border:1px solid #d7dde3;padding:.4rem .6rem;text-align:left;vertical-alig
 {{if .NextBreakFR}}<p>{{if eq .Lang "en"}}{{.NextBreakEN}} / {{.NextBreakFR}}{{else}}{{.NextBreakFR}} / {{.NextBreakEN}}{{end}}</p>{{end}}
 <table>
 <tr><th>Service</th><th>Catégorie / Category</th><th>Maintenant / Now</th><th>Prochaine ouverture / Next opening</th></tr>
-{{range .Rows}}<tr><td>{{.Name}}</td><td>{{.Category}}</td><td class="{{.Class}}">{{.Now}}</td><td>{{.Next}}</td></tr>
+{{range .Rows}}<tr><td>{{.Name}}</td><td>{{.Category}}</td><td class="{{.Class}}">{{.Now}}</td><td>{{.Next}}{{if .Ask}} <a href="{{.Ask}}">Demander une exception / Request an exception</a>{{end}}</td></tr>
 {{end}}</table>
+{{if .Form}}<section id="demande">{{.Form}}</section>{{end}}
 <p class="small">Balise</p>
 </main></body></html>
 `))
 
 type portalRow struct {
 	Name, Category, Class, Now, Next string
+	// Ask links to the exception-request form for a blocked service
+	// ("" when the register is off or the service is reachable).
+	Ask string
 }
 
 // portalPage shows the caller which listed services it may reach now
-// and when the next break opens.
-func (p *Proxy) portalPage(client netip.Addr, now time.Time, acceptLanguage string) []byte {
+// and when the next break opens. When the exception register is on, each
+// blocked service links to its request form, shown below the table when
+// ask names that service (the form posts to the reserved path, which the
+// portal answers too).
+func (p *Proxy) portalPage(client netip.Addr, now time.Time, acceptLanguage, ask string) []byte {
 	pol := p.opts.Policy.Load()
 	data := struct {
 		Lang, Institution, Client, Now, NextBreakFR, NextBreakEN string
 		Rows                                                     []portalRow
+		Form                                                     template.HTML
 	}{Lang: "fr", Institution: p.opts.Institution, Client: client.String()}
 	if preferEnglish(acceptLanguage) {
 		data.Lang = "en"
@@ -199,6 +208,12 @@ func (p *Proxy) portalPage(client netip.Addr, now time.Time, acceptLanguage stri
 			row.Class, row.Now = "allow", "autorisé / allowed"
 		} else {
 			row.Class, row.Now = "block", "bloqué / blocked"
+			if p.opts.Exceptions != nil {
+				row.Ask = "/?service=" + url.QueryEscape(id) + "#demande"
+				if id == ask {
+					data.Form = p.opts.Exceptions.Form(client, d, host, data.Lang)
+				}
+			}
 			if at, ok := nextOpening(pol, policy.Query{Host: host, Client: client, Time: now}, d); ok {
 				fr, en := reopenText(at, now, loc)
 				row.Next = fr + " / " + en

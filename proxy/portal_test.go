@@ -226,3 +226,47 @@ func TestParentCredentialsErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestPortalExceptionForm: with the register on, the portal links each
+// blocked service to its request form and shows the form for the one asked,
+// never for a reachable service; without the register there is no link.
+func TestPortalExceptionForm(t *testing.T) {
+	now := time.Date(2026, 11, 23, 10, 30, 0, 0, time.UTC)
+	get := func(e *env, query string) string {
+		t.Helper()
+		resp, err := http.Get("http://" + e.addr + "/" + query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET /%s = %d", query, resp.StatusCode)
+		}
+		return string(b)
+	}
+	withHosts := func(o *Options) {
+		o.Clock = func() time.Time { return now }
+		o.ServiceHosts = map[string]string{"social": "social.test"}
+	}
+	e := startEnv(t, testSpec(), func(o *Options) { withHosts(o); o.Exceptions = &fakeExceptions{} })
+	body := get(e, "")
+	if !strings.Contains(body, `href="/?service=social#demande"`) {
+		t.Errorf("portal lacks the request link for the blocked service:\n%s", body)
+	}
+	if strings.Contains(body, "<form") {
+		t.Errorf("portal shows a form before one was asked for")
+	}
+	body = get(e, "?service=social")
+	if !strings.Contains(body, `<section id="demande"><form method="post" action="/.balise/request" class="exc-fr"><input type="hidden" name="service" value="social">`) {
+		t.Errorf("portal ?service=social lacks the form:\n%s", body)
+	}
+	if body = get(e, "?service=%3Cscript%3E"); strings.Contains(body, "<form") || strings.Contains(body, "<script>") {
+		t.Errorf("portal with an unknown service shows a form or echoes it:\n%s", body)
+	}
+
+	off := startEnv(t, testSpec(), withHosts)
+	if body := get(off, "?service=social"); strings.Contains(body, "demande") || strings.Contains(body, "<form") {
+		t.Errorf("portal without the register offers a request:\n%s", body)
+	}
+}

@@ -156,21 +156,7 @@ func (p *Proxy) Start(ctx context.Context, ln net.Listener) <-chan error {
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	p.opts.Logger.Info("listening", "service", "proxy", "addr", addr)
-	result := make(chan error, 1)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	go func() {
-		select {
-		case err := <-errc:
-			p.shutdown(srv)
-			result <- err
-		case <-ctx.Done():
-			p.shutdown(srv)
-			<-errc
-			result <- nil
-		}
-	}()
-	return result
+	return p.serveUntil(ctx, srv, ln)
 }
 
 func (p *Proxy) shutdown(srv *http.Server) {
