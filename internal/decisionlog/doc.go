@@ -1,0 +1,10 @@
+// Package decisionlog writes Balise's one structured line per decision about
+// a listed service, deduplicated per (client, service, verdict) per window,
+// so that the log stays proportionate: an employee who reloads a blocked
+// page fifty times in a minute produces one line and a repeat count, and
+// unlisted browsing is never logged at all (the caller never passes it).
+//
+// The line's keys are fixed and documented in the README: msg "decision",
+// front, client, user, host, service, category, verdict, reason, rule,
+// grant, until, repeats.
+package decisionlog
