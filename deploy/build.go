@@ -1,17 +1,17 @@
 package deploy
 
-// BuildEnv is the environment, beyond the inherited one, of every build of
+// BuildEnv returns the environment, beyond the inherited one, of every build of
 // a release binary: no cgo, so the binary is static and runs on a
 // distroless or scratch image.
-var BuildEnv = []string{"CGO_ENABLED=0"}
+func BuildEnv() []string { return []string{"CGO_ENABLED=0"} }
 
-// BuildFlags are the `go build` flags of every release binary, in order:
+// BuildFlags returns the `go build` flags of every release binary, in order:
 // reproducible paths, no symbol tables, and the IANA time-zone database
 // embedded (schedules are read in a named zone, and a minimal image or
 // host may lack /usr/share/zoneinfo). The container recipe
 // (container/Dockerfile) runs exactly these, a test checks it, and the
 // end-to-end tests build the binary they drive with them too.
-var BuildFlags = []string{"-trimpath", "-tags=timetzdata", "-ldflags=-s -w"}
+func BuildFlags() []string { return []string{"-trimpath", "-tags=timetzdata", "-ldflags=-s -w"} }
 
 // MainPackage is the package path of the balise command, relative to the
 // module root.
@@ -22,6 +22,6 @@ const MainPackage = "./cmd/balise"
 // environment.
 func BuildArgs(out string) []string {
 	args := []string{"build"}
-	args = append(args, BuildFlags...)
+	args = append(args, BuildFlags()...)
 	return append(args, "-o", out, MainPackage)
 }

@@ -169,7 +169,7 @@ func TestDockerfile(t *testing.T) {
 			}
 		}
 	}
-	for _, e := range BuildEnv {
+	for _, e := range BuildEnv() {
 		if !env[e] {
 			t.Errorf("build stage does not set %s", e)
 		}
@@ -218,7 +218,7 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("final stage does not COPY %s from the build stage", want)
 		}
 	}
-	if !slices.Contains(BuildFlags, "-tags=timetzdata") {
+	if !slices.Contains(BuildFlags(), "-tags=timetzdata") {
 		t.Error("BuildFlags lack -tags=timetzdata: the binary would depend on the image's zone database")
 	}
 	if !strings.Contains(entry, "/usr/local/bin/balise") {

@@ -47,7 +47,7 @@ func testMain(m *testing.M) int {
 	// environment as the container image (deploy.BuildArgs).
 	cmd := exec.CommandContext(ctx, "go", deploy.BuildArgs(baliseBin)...)
 	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), deploy.BuildEnv...)
+	cmd.Env = append(os.Environ(), deploy.BuildEnv()...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "tests: building balise:", err)
