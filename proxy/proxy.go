@@ -49,6 +49,7 @@ type Proxy struct {
 	local     localAddrs      // this host's interface addresses
 
 	sniChecks chan struct{} // slots for background SNI/address checks
+	origins   *originPool   // nil with a parent proxy
 }
 
 // New returns a Proxy configured by opts. It fails when opts.Policy is
@@ -83,6 +84,9 @@ func New(opts Options) (*Proxy, error) {
 	p.icept = newInterceptor(p)
 	p.SetServiceHosts(opts.ServiceHosts)
 
+	if opts.Parent == nil {
+		p.origins = newOriginPool(p.dialContextTimed)
+	}
 	p.tr = &http.Transport{
 		Proxy:                  p.dial.proxyURL,
 		DialContext:            p.dialContextTimed,
@@ -102,9 +106,6 @@ func New(opts Options) (*Proxy, error) {
 	gp.NonproxyHandler = http.HandlerFunc(p.servePortal)
 	gp.OnRequest().DoFunc(p.onRequest)
 	gp.OnResponse().DoFunc(upstreamError)
-	gp.OnRequest().HandleConnectFunc(func(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
-		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: p.hijackConnect}, host
-	})
 	p.gp = gp
 	return p, nil
 }
@@ -167,6 +168,9 @@ func (p *Proxy) shutdown(srv *http.Server) {
 	}
 	p.tunnel.closeAll(causeShutdown, 5*time.Second)
 	p.icept.close()
+	if p.origins != nil {
+		p.origins.closeAll()
+	}
 }
 
 func (p *Proxy) addSelf(a net.Addr) {
@@ -232,7 +236,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodConnect {
-		p.gp.ServeHTTP(&hijackWriter{ResponseWriter: w}, r)
+		conn, _, err := (&hijackWriter{ResponseWriter: w}).Hijack()
+		if err != nil {
+			return
+		}
+		p.hijackConnect(r, conn, nil)
 		return
 	}
 	if !r.URL.IsAbs() || p.isSelf(r.URL.Host) {
@@ -257,7 +265,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	p.gp.ServeHTTP(w, r)
+	if r.Header.Get("Upgrade") != "" {
+		p.gp.ServeHTTP(w, r) // WebSocket and other upgrades
+		return
+	}
+	p.forward(w, r)
 }
 
 // newViaToken returns this instance's Via pseudonym: requests that

@@ -1,0 +1,205 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// rawOrigin accepts connections and answers each request read on them
+// with answer(n), n counting requests on that connection from 1; when
+// answer returns "" the connection is closed without a response.
+// It returns the port and the number of accepted connections.
+func rawOrigin(t *testing.T, answer func(n int) string) (string, *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int32
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				br := bufio.NewReader(c)
+				for n := 1; ; n++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					a := answer(n)
+					if a == "" {
+						return
+					}
+					if _, err := io.WriteString(c, a); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return port, &accepted
+}
+
+func proxyGet(t *testing.T, client *http.Client, method, url string) (int, string, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func TestOriginPool(t *testing.T) {
+	const ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Origin: raw\r\n\r\nok"
+	tests := []struct {
+		name         string
+		answer       func(n int) string
+		method       string
+		requests     int
+		wantStatus   int
+		wantBody     string
+		wantAccepted int32
+	}{
+		{"kept alive and reused", func(int) string { return ok }, "GET", 3, 200, "ok", 1},
+		{"closed after each answer: retried on a new connection", func(n int) string {
+			if n > 1 {
+				return ""
+			}
+			return ok
+		}, "GET", 3, 200, "ok", 3},
+		{"Connection: close not reused", func(int) string {
+			return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+		}, "GET", 2, 200, "ok", 2},
+		{"informational answer skipped", func(int) string {
+			return "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + ok
+		}, "GET", 2, 200, "ok", 1},
+		{"chunked body", func(int) string {
+			return "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"
+		}, "GET", 2, 200, "abcde", 1},
+		{"HEAD has no body", func(int) string {
+			return "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+		}, "HEAD", 2, 200, "", 1},
+		{"origin never answers", func(int) string { return "" }, "GET", 1, 502, "", 1},
+		{"response head too large", func(int) string {
+			return "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", 300<<10) + "\r\nContent-Length: 2\r\n\r\nok"
+		}, "GET", 1, 502, "", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := startEnv(t, testSpec(), nil)
+			port, accepted := rawOrigin(t, tt.answer)
+			client := e.client(nil, "")
+			tr := client.Transport.(*http.Transport)
+			tr.DisableKeepAlives = false // so that requests do not ask the origin to close
+			defer tr.CloseIdleConnections()
+			for i := range tt.requests {
+				status, body, h := proxyGet(t, client, tt.method, "http://unlisted.test:"+port+"/")
+				if status != tt.wantStatus || (status == 200 && body != tt.wantBody) {
+					t.Fatalf("request %d: %s = %d %q, want %d %q", i+1, tt.method, status, body, tt.wantStatus, tt.wantBody)
+				}
+				if status == 200 && tt.method == "GET" && tt.wantBody == "ok" && h.Get("X-Origin") != "raw" && !strings.Contains(tt.name, "close") {
+					t.Errorf("request %d: X-Origin = %q, want raw", i+1, h.Get("X-Origin"))
+				}
+			}
+			if got := accepted.Load(); got != tt.wantAccepted {
+				t.Errorf("origin connections = %d, want %d", got, tt.wantAccepted)
+			}
+		})
+	}
+}
+
+// TestOriginPoolClientGone checks that an origin connection is cut when
+// the client goes away, while waiting for the answer or while a long
+// body streams.
+func TestOriginPoolClientGone(t *testing.T) {
+	for _, stream := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
+			e := startEnv(t, testSpec(), nil)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			closed := make(chan struct{})
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				http.ReadRequest(bufio.NewReader(c))
+				if stream {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+					chunk := "1000\r\n" + strings.Repeat("x", 0x1000) + "\r\n"
+					for {
+						if _, err := io.WriteString(c, chunk); err != nil {
+							break
+						}
+					}
+				} else {
+					io.Copy(io.Discard, c) // returns when the proxy closes
+				}
+				close(closed)
+			}()
+			_, port, _ := net.SplitHostPort(ln.Addr().String())
+			c, err := net.Dial("tcp", e.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.WriteString(c, "GET http://unlisted.test:"+port+"/ HTTP/1.1\r\nHost: unlisted.test:"+port+"\r\n\r\n")
+			if stream {
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := io.ReadFull(c, make([]byte, 1000)); err != nil {
+					t.Fatalf("reading the streamed answer: %v", err)
+				}
+			} else {
+				time.Sleep(200 * time.Millisecond)
+			}
+			c.Close()
+			select {
+			case <-closed:
+			case <-time.After(5 * time.Second):
+				t.Fatal("origin connection still open 5s after the client left")
+			}
+		})
+	}
+}
