@@ -23,6 +23,10 @@ type Config struct {
 	// Path is the file the configuration came from ("" for the embedded
 	// default). Relative paths inside it were resolved from its directory.
 	Path string
+	// Warnings are valid settings that weaken a default or are probably
+	// not what was meant (Problem.Warning is set). `check`
+	// prints them; `serve` logs them.
+	Warnings Problems
 
 	// Timezone is the IANA zone name windows are read in
 	// (default "America/Toronto"); Location is that zone, resolved.
@@ -179,6 +183,8 @@ func Parse(path string, data []byte) (*Config, error) {
 		p.problems.sort(path)
 		return nil, p.problems
 	}
+	p.warnings.sort(path)
+	c.Warnings = p.warnings
 	return c, nil
 }
 

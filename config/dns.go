@@ -45,6 +45,18 @@ type DNSSection struct {
 	// RateBurst the burst (default 400).
 	RateLimit int
 	RateBurst int
+	// AllowedClients may query the filter; others get REFUSED (default
+	// 127.0.0.0/8 and ::1/128). Required when Listen reaches beyond
+	// loopback.
+	AllowedClients []netip.Prefix
+	// MaxTCPPerClient bounds one client's concurrent TCP connections
+	// (default 16).
+	MaxTCPPerClient int
+	// TCPIdleTimeout closes a TCP connection idle this long (default 10s).
+	TCPIdleTimeout time.Duration
+	// RefuseAny answers ANY queries with the RFC 8482 HINFO answer
+	// instead of forwarding them (default true).
+	RefuseAny bool
 	// RateLimitExempt are clients not rate limited (e.g. forwarding DNS
 	// servers).
 	RateLimitExempt []netip.Prefix

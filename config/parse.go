@@ -22,6 +22,7 @@ type parser struct {
 	data     []byte
 	pos      *positions
 	problems Problems
+	warnings Problems
 }
 
 func newParser(path string, data []byte) *parser {
@@ -57,6 +58,21 @@ func (p *parser) keyErr(key, format string, args ...any) {
 		}
 	}
 	p.problems = append(p.problems, pr)
+}
+
+// warn records a warning about the value at key: the configuration is
+// valid, but probably not what the operator meant or weaker than the
+// defaults. `check` prints warnings and still exits 0 (1 with --strict).
+func (p *parser) warn(key, format string, args ...any) {
+	pr := Problem{File: p.path, Key: key, Msg: fmt.Sprintf(format, args...), Warning: true}
+	if p.pos != nil {
+		if at, ok := p.pos.value(key); ok {
+			pr.Line, pr.Col = at.line, at.col
+		} else if at, ok := p.pos.key[key]; ok {
+			pr.Line, pr.Col = at.line, at.col
+		}
+	}
+	p.warnings = append(p.warnings, pr)
 }
 
 // fileErr records a problem located in another file (a list file).

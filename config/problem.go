@@ -19,6 +19,9 @@ type Problem struct {
 	// indexes for arrays ("" for syntax errors and list-file lines).
 	Key string
 	Msg string
+	// Warning marks a warning rather than an error: String writes
+	// "warning: " before the key.
+	Warning bool
 }
 
 // String formats the problem as "FILE:LINE:COL: KEY: message" when the
@@ -40,6 +43,9 @@ func (p Problem) String() string {
 		}
 	}
 	b.WriteString(": ")
+	if p.Warning {
+		b.WriteString("warning: ")
+	}
 	if p.Key != "" {
 		b.WriteString(p.Key)
 		b.WriteString(": ")

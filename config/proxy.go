@@ -17,8 +17,11 @@ type ProxySection struct {
 	// Resolver is a DNS server (host:port) used to reach destinations
 	// ("" = the system resolver).
 	Resolver string
-	// IPLiterals is "allow" or "deny" (default "allow"): destinations given
-	// as IP addresses without a listed SNI.
+	// IPLiterals is "allow", "sni" or "deny" (default "sni"): a tunnel to
+	// an IP literal must carry a TLS server name, decided like any host
+	// ("sni"); is decided on the address alone ("allow"); or is refused
+	// unless its server name is a listed, allowed service ("deny"). Plain
+	// HTTP to an IP literal is decided on the address.
 	IPLiterals string
 	// Parent is an upstream proxy URL (http://host:port, "" = direct).
 	Parent string
@@ -33,9 +36,14 @@ type ProxySection struct {
 	TransparentHTTPS []string
 	// TransparentMode is "redirect" or "tproxy" (default "redirect").
 	TransparentMode string
-	// NoSNI is "allow" or "deny" (default "allow"): transparent HTTPS
-	// connections whose ClientHello carries no server name.
+	// NoSNI is "allow" or "deny" (default "deny"): tunnels, explicit and
+	// transparent, whose ClientHello carries no server name (opaque
+	// ports excepted).
 	NoSNI string
+	// OpaquePorts are CONNECT ports whose traffic is not TLS (default
+	// none; each must be in ConnectPorts). On every other port the
+	// client's first bytes must be a TLS ClientHello.
+	OpaquePorts []int
 	// DialTimeout bounds connecting to a destination (default 10s).
 	DialTimeout time.Duration
 	// IdleTimeout closes idle tunnels and keep-alive connections
@@ -53,6 +61,13 @@ type ProxySection struct {
 	// DirectDomains and DirectNetworks go DIRECT in the PAC file.
 	DirectDomains  []string
 	DirectNetworks []netip.Prefix
+	// DenyDestinations are networks the proxy never connects to, on top
+	// of the ones always refused (loopback, link-local, unspecified,
+	// multicast and their mapped forms, Balise's own listeners).
+	DenyDestinations []netip.Prefix
+	// AllowDestinations exempt networks from the always-refused set (a
+	// lab, a test origin on loopback); never Balise's own listeners.
+	AllowDestinations []netip.Prefix
 	// TLS is [proxy.tls].
 	TLS ProxyTLS
 }

@@ -5,6 +5,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -60,29 +61,17 @@ func (p *parser) proxySection(t *tbl) ProxySection {
 			p.valueErr(fmt.Sprintf("proxy.allowed_clients[%d]", i), "%s would make an open proxy; list the institution's networks", pf)
 		}
 	}
-	c.ConnectPorts = []int{443}
-	if v, ok := t.get("connect_ports"); ok {
-		c.ConnectPorts = nil
-		arr, isArr := v.([]any)
-		if !isArr {
-			t.typeErr("proxy.connect_ports", "an array of ports", v)
-		}
-		for i, e := range arr {
-			n, isInt := e.(int64)
-			if !isInt || n < 1 || n > 65535 {
-				p.valueErr(fmt.Sprintf("proxy.connect_ports[%d]", i), "must be a port number (1 to 65535)")
-				continue
-			}
-			c.ConnectPorts = append(c.ConnectPorts, int(n))
-		}
-	}
+	c.ConnectPorts = p.ports(t, "connect_ports", []int{443})
 	c.Resolver = t.str("resolver", "")
 	if c.Resolver != "" {
 		if err := checkHostPort(c.Resolver); err != nil {
 			p.valueErr("proxy.resolver", "%v", err)
 		}
 	}
-	c.IPLiterals = t.enum("ip_literals", "allow", "allow", "deny")
+	c.IPLiterals = t.enum("ip_literals", "sni", "allow", "sni", "deny")
+	if c.IPLiterals == "allow" {
+		p.warn("proxy.ip_literals", `"allow" lets tunnels to IP addresses through without a server name; "sni" (the default) decides them on the name they carry`)
+	}
 	c.Parent = t.str("parent", "")
 	p.checkURL("proxy.parent", c.Parent, "http")
 	c.ParentCredentialsFile = p.pathKey(t, "parent_credentials_file", "")
@@ -94,7 +83,16 @@ func (p *parser) proxySection(t *tbl) ProxySection {
 	c.TransparentHTTP = p.listen(t, "transparent_http", nil)
 	c.TransparentHTTPS = p.listen(t, "transparent_https", nil)
 	c.TransparentMode = t.enum("transparent_mode", "redirect", "redirect", "tproxy")
-	c.NoSNI = t.enum("no_sni", "allow", "allow", "deny")
+	c.NoSNI = t.enum("no_sni", "deny", "allow", "deny")
+	if c.NoSNI == "allow" {
+		p.warn("proxy.no_sni", `"allow" lets TLS tunnels without a server name through on every port; list non-TLS ports in proxy.opaque_ports instead`)
+	}
+	c.OpaquePorts = p.ports(t, "opaque_ports", nil)
+	for i, port := range c.OpaquePorts {
+		if !slices.Contains(c.ConnectPorts, port) {
+			p.valueErr(fmt.Sprintf("proxy.opaque_ports[%d]", i), "port %d is not in proxy.connect_ports", port)
+		}
+	}
 	c.DialTimeout = t.duration("dial_timeout", 10*time.Second)
 	c.IdleTimeout = t.duration("idle_timeout", 5*time.Minute)
 	c.MaxTunnelLifetime = t.duration("max_tunnel_lifetime", 12*time.Hour)
@@ -111,6 +109,11 @@ func (p *parser) proxySection(t *tbl) ProxySection {
 		c.DirectDomains = append(c.DirectDomains, n)
 	}
 	c.DirectNetworks, _ = p.prefixes(t, "direct_networks")
+	c.DenyDestinations, _ = p.prefixes(t, "deny_destinations")
+	c.AllowDestinations, _ = p.prefixes(t, "allow_destinations")
+	for i, pf := range c.AllowDestinations {
+		p.warn(fmt.Sprintf("proxy.allow_destinations[%d]", i), "%s is exempt from the destinations the proxy always refuses (loopback, link-local...): workstations may reach it through the proxy", pf)
+	}
 
 	tt := p.orEmpty(t.sub("tls"), "proxy.tls")
 	c.TLS.CACert = p.pathKey(tt, "ca_cert", "")
@@ -177,6 +180,26 @@ func (p *parser) dnsSection(t *tbl) DNSSection {
 	}
 	c.RateLimitExempt, _ = p.prefixes(t, "rate_limit_exempt")
 	c.UDPSockets = t.integer("udp_sockets", 0, 0, 1024)
+	var given bool
+	c.AllowedClients, given = p.prefixes(t, "allowed_clients")
+	if !given {
+		c.AllowedClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+		if addr, beyond := beyondLoopback(c.Listen); beyond {
+			p.keyErr("dns.listen", "%s reaches beyond loopback: set dns.allowed_clients to the institution's networks (Balise is never an open resolver)", addr)
+		}
+	}
+	for i, pf := range c.AllowedClients {
+		if pf.Bits() == 0 {
+			p.valueErr(fmt.Sprintf("dns.allowed_clients[%d]", i), "%s would make an open resolver; list the institution's networks", pf)
+		}
+	}
+	c.MaxTCPPerClient = t.integer("max_tcp_per_client", 16, 1, math.MaxInt32)
+	c.TCPIdleTimeout = t.duration("tcp_idle_timeout", 10*time.Second)
+	if c.TCPIdleTimeout <= 0 {
+		p.valueErr("dns.tcp_idle_timeout", "must be more than 0s")
+		c.TCPIdleTimeout = 10 * time.Second
+	}
+	c.RefuseAny = t.boolean("refuse_any", true)
 	zones := map[string]string{}
 	for _, ft := range t.tables("forward") {
 		var f Forward
@@ -199,6 +222,47 @@ func (p *parser) dnsSection(t *tbl) DNSSection {
 		c.Forward = append(c.Forward, f)
 	}
 	return c
+}
+
+// ports reads an array of port numbers (def when the key is absent).
+func (p *parser) ports(t *tbl, k string, def []int) []int {
+	v, ok := t.get(k)
+	if !ok {
+		return def
+	}
+	var out []int
+	arr, isArr := v.([]any)
+	if !isArr {
+		t.typeErr(t.key(k), "an array of ports", v)
+	}
+	for i, e := range arr {
+		n, isInt := e.(int64)
+		if !isInt || n < 1 || n > 65535 {
+			p.valueErr(fmt.Sprintf("%s[%d]", t.key(k), i), "must be a port number (1 to 65535)")
+			continue
+		}
+		out = append(out, int(n))
+	}
+	return out
+}
+
+// beyondLoopback returns the first listen address that is not a
+// loopback address (a wildcard, an interface address or a host name).
+func beyondLoopback(listen []string) (string, bool) {
+	for _, l := range listen {
+		host, _, err := net.SplitHostPort(l)
+		if err != nil {
+			continue // reported by listen
+		}
+		if host == "localhost" {
+			continue
+		}
+		a, err := netip.ParseAddr(host)
+		if err != nil || !a.Unmap().IsLoopback() {
+			return l, true
+		}
+	}
+	return "", false
 }
 
 // upstreams reads resolver addresses: "host:port" with an IP host (port

@@ -12,13 +12,15 @@ import (
 
 // runCheck runs `balise check --config FILE`: it loads, validates and
 // compiles the configuration without opening a socket nor creating a
-// file, prints a short summary and exits 0, or prints one line per problem
+// file, prints its warnings on stderr and a short summary and exits 0 (1
+// with --strict when there are warnings), or prints one line per problem
 // on stderr and exits 1.
 func runCheck(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("check", stderr)
 	path := fs.String("config", "", "configuration `FILE` to check (required)")
+	strict := fs.Bool("strict", false, "exit 1 when there are warnings")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: balise check --config FILE")
+		fmt.Fprintln(stderr, "usage: balise check --config FILE [--strict]")
 		fs.PrintDefaults()
 	}
 	if code := parseFlags(fs, args); code >= 0 {
@@ -34,7 +36,13 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		printProblems(stderr, *path, err)
 		return exitInvalid
 	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintln(stderr, w.String())
+	}
 	printSummary(stdout, cfg, p)
+	if *strict && len(cfg.Warnings) > 0 {
+		return exitInvalid
+	}
 	return exitOK
 }
 

@@ -119,6 +119,7 @@ func (s *server) run(parent context.Context, sigs <-chan os.Signal) int {
 	s.cfgm = config.NewMetrics(s.reg)
 	s.rt = newRuntime(cfg, p, s.reg, log, s.now)
 	s.markLoaded(cfg, p)
+	logWarnings(log, cfg)
 	log.Info("configuration loaded", "config", cfgName, "services", len(p.ServiceIDs()), "domains", p.DomainCount(),
 		"groups", len(cfg.Groups), "rules", len(cfg.Rules), "version", buildVersion())
 
@@ -220,6 +221,13 @@ func (s *server) markLoaded(cfg *config.Config, p *policy.Policy) {
 	s.cfgm.SetPolicy(p)
 }
 
+// logWarnings logs the configuration's warnings, one line each.
+func logWarnings(log *slog.Logger, cfg *config.Config) {
+	for _, w := range cfg.Warnings {
+		log.Warn("configuration warning", "warning", w.String())
+	}
+}
+
 // reload re-reads the configuration file (SIGHUP). A configuration that
 // fails to load or compile leaves the running one in place.
 func (s *server) reload(ctx context.Context) {
@@ -240,6 +248,7 @@ func (s *server) reload(ctx context.Context) {
 		s.log.Warn("[metrics] listen changed; the new addresses take effect at the next restart",
 			"running", old.Metrics.Listen, "configured", cfg.Metrics.Listen)
 	}
+	logWarnings(s.log, cfg)
 	s.rt.install(cfg, p)
 	s.metrics.reloadSuccess.Inc()
 	s.markLoaded(cfg, p)
