@@ -47,23 +47,30 @@ const (
 	refusalPort
 	refusalLimit
 	refusalBadRequest
-	refusalLoop // the destination is Balise itself
+	refusalLoop        // the destination is Balise itself
+	refusalNotTLS      // the first flight on a TLS port is not a ClientHello Balise can read
+	refusalSilent      // the client sent nothing before header_timeout on a TLS port
+	refusalNoSNI       // a ClientHello without a server name (no_sni = "deny")
+	refusalIPLiteral   // a tunnel to an IP literal without a usable server name
+	refusalDestination // the destination is always refused or in deny_destinations
 	numRefusals
 )
 
-var refusalNames = [numRefusals]string{"client", "port", "limit", "bad_request", "loop"}
+var refusalNames = [numRefusals]string{"client", "port", "limit", "bad_request", "loop",
+	"not_tls", "silent", "no_sni", "ip_literal", "destination"}
 
 const (
-	causeClosed   = iota // both sides finished normally
-	causeError           // a read or write failed
-	causeIdle            // idle_timeout passed without traffic
-	causeLifetime        // max_tunnel_lifetime reached
-	causeUntil           // the decision's until passed and it no longer allows
-	causeShutdown        // Balise is stopping
+	causeClosed    = iota // both sides finished normally
+	causeError            // a read or write failed
+	causeIdle             // idle_timeout passed without traffic
+	causeLifetime         // max_tunnel_lifetime reached
+	causeUntil            // the decision's until passed and it no longer allows
+	causeShutdown         // Balise is stopping
+	causeRedecided        // a revoke, a denial or a reload changed the verdict
 	numCauses
 )
 
-var causeNames = [numCauses]string{"closed", "error", "idle", "lifetime", "until", "shutdown"}
+var causeNames = [numCauses]string{"closed", "error", "idle", "lifetime", "until", "shutdown", "redecided"}
 
 const (
 	dirUpstream = iota // client to origin
@@ -94,7 +101,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}, []string{"mode", "kind", "verdict", "reason"})
 	refusals := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "balise_proxy_refusals_total",
-		Help: "Requests refused before any policy decision, by reason (client not allowed, port, per-client limit, bad request, loop: the destination is Balise itself).",
+		Help: "Connections and requests refused for what they are rather than for a listed host, by reason: client (not allowed), port, limit (per client), bad_request, loop (Balise itself), not_tls (unreadable first flight on a TLS port), silent (nothing sent on a TLS port), no_sni, ip_literal, destination (always refused or denied).",
 	}, []string{"mode", "reason"})
 	active := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "balise_proxy_tunnels_active",
@@ -106,7 +113,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}, []string{"mode", "direction"})
 	closed := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "balise_proxy_tunnels_closed_total",
-		Help: "Tunnels closed, by cause (closed, error, idle, lifetime, until, shutdown).",
+		Help: "Tunnels closed, by cause (closed, error, idle, lifetime, until, shutdown, redecided).",
 	}, []string{"mode", "cause"})
 	m.dialDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "balise_proxy_dial_duration_seconds",
