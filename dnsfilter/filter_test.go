@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -537,7 +538,10 @@ func TestReload(t *testing.T) {
 
 func TestDecisionLog(t *testing.T) {
 	up := newStub(t)
-	var buf bytes.Buffer
+	// Lines are written by the goroutines answering queries: a UDP answer
+	// does not order their writes before the test's read for the race
+	// detector, so the buffer is locked.
+	var buf lockedBuffer
 	dl := decisionlog.New(slog.New(slog.NewJSONHandler(&buf, nil)), time.Minute, 0)
 	f := startFilter(t, []string{up.addr}, func(o *Options) { o.DecisionLog = dl })
 	ask(t, f.addr, "udp", "127.0.0.1", "www.facebook.com.", dns.TypeA, false)
@@ -554,6 +558,24 @@ func TestDecisionLog(t *testing.T) {
 	if n := strings.Count(out, `"verdict":"allow"`); n != 1 || !strings.Contains(out, `"front":"dns"`) {
 		t.Errorf("want one allow line with front dns:\n%s", out)
 	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent Write and String.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func TestMalformed(t *testing.T) {
