@@ -3,9 +3,11 @@ package main
 import (
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/balise-net/balise/config"
+	"github.com/balise-net/balise/internal/policy"
 )
 
 // scenario is one question to an example configuration and the answer its
@@ -39,6 +41,10 @@ func runScenarios(t *testing.T, file string, scenarios []scenario) {
 		if err != nil {
 			t.Errorf("%s: explain(%s, %s): %v", file, s.client, s.host, err)
 			continue
+		}
+		q := policy.Query{Host: s.host, Client: netip.MustParseAddr(s.client), Time: mustTime(t, s.at)}
+		if d := p.Decide(q); d.Verdict.String() != r.Verdict || d.Rule != r.Rule || d.Reason.String() != r.Reason || !slices.Equal(p.GroupsOf(q), r.Groups) {
+			t.Errorf("%s: explain(%s, %s) = %+v disagrees with Decide %+v, groups %v", file, s.client, s.host, r, d, p.GroupsOf(q))
 		}
 		if r.Verdict != s.verdict || r.Service != s.service || r.Rule != s.rule || r.Reason != s.reason || (s.until != "*" && r.Until != s.until) {
 			t.Errorf("%s: %s\nexplain(%s, %s, %s) = %s service=%q rule=%q reason=%s until=%q\nwant %s service=%q rule=%q reason=%s until=%q",

@@ -1,16 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/balise-net/balise/config"
+	"github.com/balise-net/balise/internal/exceptions"
 	"github.com/balise-net/balise/internal/policy"
 )
 
@@ -19,9 +20,8 @@ type explainInput struct {
 	Client netip.Addr
 	// Host as typed: any case, trailing dot, Unicode, IP literal.
 	Host string
-	// User is accepted but not given to the engine: `balise serve` has no
-	// directory source yet, so rules and grants that need a user do not
-	// match, and explain shows what serve would do.
+	// User is the user name, matched by groups' users and by grants to a
+	// person, exactly as Decide matches it for serve.
 	User string
 	// DirectoryGroups are directory group names, as a directory source
 	// would report them for the client (--groups).
@@ -55,6 +55,12 @@ type explainResult struct {
 	DirectoryGroups []string `json:"directory_groups"`
 	// At is the instant of the question, RFC 3339 in the policy's zone.
 	At string `json:"at"`
+	// Grants says where grants came from: "register" (the live grants
+	// of the exceptions register, N of them in LiveGrants), "offline"
+	// (--offline: the file alone) or "none" (no [exceptions] table, or a
+	// register that holds no request yet).
+	Grants     string `json:"grants"`
+	LiveGrants int    `json:"live_grants"`
 
 	decision policy.Decision
 	at       time.Time
@@ -72,12 +78,14 @@ func explain(cfg *config.Config, p *policy.Policy, in explainInput) (explainResu
 		return explainResult{}, fmt.Errorf("%w %q: %v", errInvalidHost, in.Host, err)
 	}
 	client := in.Client.Unmap()
-	d := p.Decide(policy.Query{
+	q := policy.Query{
 		Host:   in.Host,
 		Client: client,
+		User:   in.User,
 		Groups: in.DirectoryGroups,
 		Time:   in.At,
-	})
+	}
+	d := p.Decide(q)
 	if d.Invalid {
 		return explainResult{}, fmt.Errorf("%w %q", errInvalidHost, in.Host)
 	}
@@ -97,7 +105,7 @@ func explain(cfg *config.Config, p *policy.Policy, in explainInput) (explainResu
 		Input:           in.Host,
 		IP:              d.IP,
 		Client:          client.String(),
-		Groups:          memberships(cfg, client, in.DirectoryGroups),
+		Groups:          groupsOf(p, q),
 		User:            in.User,
 		DirectoryGroups: in.DirectoryGroups,
 		At:              in.At.In(loc).Format(time.RFC3339),
@@ -114,26 +122,13 @@ func explain(cfg *config.Config, p *policy.Policy, in explainInput) (explainResu
 	return r, nil
 }
 
-// memberships returns the names of cfg's groups the client belongs to, in
-// configuration order: by network, or by one of the directory groups.
-func memberships(cfg *config.Config, client netip.Addr, dirGroups []string) []string {
-	out := []string{}
-	for _, g := range cfg.Groups {
-		in := false
-		for _, n := range g.Networks {
-			if n.Contains(client) {
-				in = true
-				break
-			}
-		}
-		for _, dg := range g.DirectoryGroups {
-			if slices.Contains(dirGroups, dg) {
-				in = true
-			}
-		}
-		if in {
-			out = append(out, g.Name)
-		}
+// groupsOf returns the names of the configuration's groups the client
+// of q belongs to, as the engine sees them (by network, user or
+// directory group), in configuration order; never nil.
+func groupsOf(p *policy.Policy, q policy.Query) []string {
+	out := p.GroupsOf(q)
+	if out == nil {
+		out = []string{}
 	}
 	return out
 }
@@ -162,7 +157,7 @@ func (r explainResult) writeText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "client    %s (groups: %s)\n", r.Client, groups)
 	if r.User != "" {
-		fmt.Fprintf(w, "user      %s (no directory source: rules and grants by user do not apply)\n", r.User)
+		fmt.Fprintf(w, "user      %s\n", r.User)
 	}
 	if len(r.DirectoryGroups) > 0 {
 		fmt.Fprintf(w, "directory %s\n", strings.Join(r.DirectoryGroups, ", "))
@@ -186,6 +181,12 @@ func (r explainResult) writeText(w io.Writer) {
 	fmt.Fprintf(w, "reason    %s: %s\n", r.Reason, reasonText(d))
 	if r.Grant != "" {
 		fmt.Fprintf(w, "grant     %s\n", r.Grant)
+	}
+	switch r.Grants {
+	case "register":
+		fmt.Fprintf(w, "grants    %d live in the exceptions register\n", r.LiveGrants)
+	case "offline":
+		fmt.Fprintf(w, "grants    not read (--offline)\n")
 	}
 	if r.Until == "" {
 		fmt.Fprintf(w, "until     - (does not change with time)\n")
@@ -216,18 +217,32 @@ func reasonText(d policy.Decision) string {
 	return d.Reason.String()
 }
 
+// liveGrants reads the grants in force at at from the register's store,
+// read-only (a running serve may hold it).
+func liveGrants(path string, at time.Time) ([]policy.Grant, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	st, err := exceptions.OpenSQLiteReadOnly(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	return exceptions.StoreGrants(ctx, st, at)
+}
+
 // runExplain runs `balise explain`.
 func runExplain(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("explain", stderr)
 	path := fs.String("config", "", "configuration `FILE` (required)")
 	clientFlag := fs.String("client", "", "client `IP` address (required)")
 	hostFlag := fs.String("host", "", "`HOST` name or IP literal (required)")
-	user := fs.String("user", "", "user `NAME` (accepted; no directory source yet, so rules by user do not match)")
+	user := fs.String("user", "", "user `NAME`, matched by groups' users and grants to a person")
 	groupsFlag := fs.String("groups", "", "comma-separated directory `groups` of the client")
 	atFlag := fs.String("at", "", "the instant to decide at, `RFC3339` (default now)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
+	offline := fs.Bool("offline", false, "decide on the file alone: no exceptions register, no socket")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: balise explain --config FILE --client IP --host HOST [--user NAME] [--groups a,b] [--at RFC3339] [--json]")
+		fmt.Fprintln(stderr, "usage: balise explain --config FILE --client IP --host HOST [--user NAME] [--groups a,b] [--at RFC3339] [--offline] [--json]")
 		fs.PrintDefaults()
 	}
 	if code := parseFlags(fs, args); code >= 0 {
@@ -268,7 +283,24 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 		printProblems(stderr, *path, err)
 		return exitInvalid
 	}
+	source, live := "none", 0
+	switch {
+	case *offline:
+		source = "offline"
+	case cfg.Exceptions != nil:
+		grants, err := liveGrants(cfg.Exceptions.Store, at)
+		switch {
+		case errors.Is(err, exceptions.ErrNoStore):
+		case err != nil:
+			fmt.Fprintf(stderr, "balise explain: exceptions register: %v (--offline decides without it)\n", err)
+			return exitInvalid
+		default:
+			p = p.WithGrants(grants)
+			source, live = "register", len(grants)
+		}
+	}
 	r, err := explain(cfg, p, explainInput{Client: client, Host: *hostFlag, User: *user, DirectoryGroups: dirGroups, At: at})
+	r.Grants, r.LiveGrants = source, live
 	if err != nil {
 		fmt.Fprintf(stderr, "balise explain: %v\n", err)
 		return exitInvalid

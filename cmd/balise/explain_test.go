@@ -242,11 +242,12 @@ action = "allow"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Verdict != "block" || r.Rule != "" || r.User != "alice" {
-		t.Errorf("explain --user alice = %s rule %q user %q; want block by default (no directory source: rules by user do not match)", r.Verdict, r.Rule, r.User)
+	if r.Verdict != "allow" || r.Rule != "edimestres" || r.User != "alice" || strings.Join(r.Groups, ",") != "edimestres" {
+		t.Errorf("explain --user alice = %s rule %q user %q groups %v; want allow by rule edimestres, as Decide matches users", r.Verdict, r.Rule, r.User, r.Groups)
 	}
 
-	r, err = explain(cfg, p, explainInput{Client: client, Host: "facebook.com", DirectoryGroups: []string{"GG-Edimestres"}, At: at})
+	// Directory group names match case-insensitively, as in Decide.
+	r, err = explain(cfg, p, explainInput{Client: client, Host: "facebook.com", DirectoryGroups: []string{"gg-edimestres"}, At: at})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -448,11 +448,5 @@ func (r *Register) ActiveGrants(ctx context.Context, now time.Time) ([]policy.Gr
 	if err != nil {
 		return nil, err
 	}
-	var out []policy.Grant
-	for _, q := range reqs {
-		if g := q.Grant; g != nil && g.Revoked.IsZero() && now.Before(g.NotAfter) {
-			out = append(out, g.Policy())
-		}
-	}
-	return out, nil
+	return activeGrants(reqs, now), nil
 }
