@@ -9,14 +9,13 @@ import (
 	"net/netip"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
-const (
-	soOriginalDst     = 80 // SO_ORIGINAL_DST (linux/netfilter_ipv4.h)
-	ip6tSoOriginalDst = 80 // IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv6/ip6_tables.h)
-	ipTransparent     = 19 // IP_TRANSPARENT
-	ipv6Transparent   = 75 // IPV6_TRANSPARENT
-)
+// ip6tSoOriginalDst is IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv6/
+// ip6_tables.h), which x/sys/unix does not name; it equals SO_ORIGINAL_DST.
+const ip6tSoOriginalDst = unix.SO_ORIGINAL_DST
 
 // redirectedDst returns where a connection redirected by iptables or
 // nftables REDIRECT/DNAT was going (SO_ORIGINAL_DST, IP6T_SO_ORIGINAL_DST).
@@ -33,19 +32,23 @@ func redirectedDst(c net.Conn) (netip.AddrPort, error) {
 	var ap netip.AddrPort
 	var serr error
 	cerr := rc.Control(func(fd uintptr) {
-		var sa [28]byte // sockaddr_in6 is the larger
-		l := uint32(len(sa))
-		level := uintptr(syscall.SOL_IP)
-		opt := uintptr(soOriginalDst)
-		if !local.Addr().Unmap().Is4() {
-			level, opt = syscall.SOL_IPV6, ip6tSoOriginalDst
-		}
-		_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, level, opt, uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&l)), 0)
-		if e != 0 {
-			serr = e
+		// x/sys/unix has no getsockopt returning a sockaddr; the two
+		// calls below read option values of the right size and layout:
+		// an ip_mreqn-sized buffer holds the sockaddr_in of
+		// SO_ORIGINAL_DST, an ip6_mtuinfo starts with the sockaddr_in6 of
+		// IP6T_SO_ORIGINAL_DST.
+		if local.Addr().Unmap().Is4() {
+			var m *unix.IPv6Mreq
+			if m, serr = unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, unix.SO_ORIGINAL_DST); serr == nil {
+				ap, serr = decodeSockaddr(m.Multiaddr[:])
+			}
 			return
 		}
-		ap, serr = decodeSockaddr(sa[:min(int(l), len(sa))])
+		var mi *unix.IPv6MTUInfo
+		if mi, serr = unix.GetsockoptIPv6MTUInfo(int(fd), unix.SOL_IPV6, ip6tSoOriginalDst); serr == nil {
+			raw := (*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(&mi.Addr))
+			ap, serr = decodeSockaddr(raw[:])
+		}
 	})
 	if cerr != nil {
 		return netip.AddrPort{}, cerr
@@ -79,9 +82,9 @@ func decodeSockaddr(sa []byte) (netip.AddrPort, error) {
 func transparentControl(network, address string, c syscall.RawConn) error {
 	var serr error
 	err := c.Control(func(fd uintptr) {
-		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_IP, ipTransparent, 1)
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
 		if network != "tcp4" {
-			if e := syscall.SetsockoptInt(int(fd), syscall.SOL_IPV6, ipv6Transparent, 1); e == nil {
+			if e := unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1); e == nil {
 				serr = nil
 			}
 		}
