@@ -3,6 +3,7 @@ package main
 import (
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/balise-net/balise/config"
@@ -133,4 +134,19 @@ func TestExampleIUCPQ(t *testing.T) {
 		{"bien personnel: the staff Wi-Fi", wifi, "www.facebook.com", tue1400, "allow", "facebook", "wifi-personnel", "rule", "*"},
 		{"usagers are not bound by the charter", patient, "www.facebook.com", tue1400, "allow", "facebook", "patients", "rule", "*"},
 	})
+}
+
+// TestExplainDoH: explain says why a DNS-over-HTTPS endpoint stays blocked
+// for a group whose rule allows "*" (reason default, not default_action).
+func TestExplainDoH(t *testing.T) {
+	path := filepath.Join("..", "..", "deploy", "examples", "estrie.toml")
+	out, stderr, code := runCmd("explain", "--config", path, "--client", "10.20.30.12", "--host", "dns.google", "--at", tue1400)
+	if code != 0 {
+		t.Fatalf("explain = %d\n%s", code, stderr)
+	}
+	for _, want := range []string{"verdict   block", "category  doh", "reason    default: no rule names the doh category or service"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain dns.google for the authorized group:\n%s\nwant a line with %q", out, want)
+		}
+	}
 }
