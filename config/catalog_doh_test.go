@@ -15,6 +15,7 @@ import (
 var dohProviders = map[string][]string{
 	"Google":                   {"dns.google", "dns.google.com", "dns64.dns.google", "8888.google"},
 	"Cloudflare":               {"cloudflare-dns.com", "one.one.one.one", "1dot1dot1dot1.cloudflare-dns.com", "mozilla.cloudflare-dns.com", "chrome.cloudflare-dns.com", "security.cloudflare-dns.com", "family.cloudflare-dns.com", "dns.cloudflare.com"},
+	"Cloudflare Zero Trust":    {"abc123xyz.cloudflare-gateway.com", "dns.cloudflare-gateway.com"},
 	"Quad9":                    {"dns.quad9.net", "dns9.quad9.net", "dns10.quad9.net", "dns11.quad9.net"},
 	"OpenDNS / Cisco Umbrella": {"doh.opendns.com", "doh.familyshield.opendns.com", "doh.sandbox.opendns.com", "dns.opendns.com"},
 	"AdGuard":                  {"dns.adguard-dns.com", "unfiltered.adguard-dns.com", "family.adguard-dns.com", "abc123.d.adguard-dns.com", "dns.adguard.com"},
