@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/balise-net/balise/config"
@@ -73,7 +74,9 @@ func TestExampleCoteNord(t *testing.T) {
 		{"bloqué sur tous les postes: outside work hours", staff, "www.youtube.com", sat1000, "block", "youtube", "postes", "rule", "*"},
 		{"utilisateurs autorisés (DRHCAJ)", drhcaj, "www.facebook.com", tue1400, "allow", "facebook", "autorises", "rule", "2026-05-13T14:00:00-04:00"},
 		{"utilisateurs autorisés (relations médias)", media, "www.linkedin.com", sun0300, "allow", "linkedin", "autorises", "rule", "*"},
-		{"authorized users do not get DNS-over-HTTPS bypasses", drhcaj, "doh.cleanbrowsing.org", tue1400, "block", "doh", "postes", "rule", "*"},
+		{"authorized users do not get DNS-over-HTTPS bypasses (\"*\" never reaches doh)", drhcaj, "doh.cleanbrowsing.org", tue1400, "block", "doh", "", "default", "*"},
+		{"nor Firefox's TRR", drhcaj, "mozilla.cloudflare-dns.com", tue1400, "block", "doh", "", "default", "*"},
+		{"patients' \"*\" allow does not open DoH either", patient, "dns.google", tue1400, "block", "doh", "", "default", "*"},
 		{"personal devices on the staff Wi-Fi are not restricted", wifi, "www.instagram.com", tue1400, "allow", "instagram", "wifi-personnel", "rule", "*"},
 		{"usagers are not bound by the policy", patient, "www.tiktok.com", tue1400, "allow", "tiktok", "patients", "rule", "*"},
 		{"encyclopedias are not named: Wikipedia stays reachable", staff, "fr.wikipedia.org", tue1400, "allow", "", "", "unlisted", ""},
@@ -91,6 +94,9 @@ func TestExampleEstrie(t *testing.T) {
 		{"autorisée pendant les pauses", staff, "www.reddit.com", tue1005, "allow", "reddit", "pauses", "rule", "2026-05-12T10:15:00-04:00"},
 		{"the night shift's meal crosses midnight", staff, "www.facebook.com", "2026-05-13T00:15:00-04:00", "allow", "facebook", "pauses", "rule", "2026-05-13T00:30:00-04:00"},
 		{"édimestres and communications: allowed at work", comms, "www.facebook.com", tue1400, "allow", "facebook", "autorises", "rule", "*"},
+		{"communications: no DNS-over-HTTPS bypass", comms, "doh.opendns.com", tue1400, "block", "doh", "", "default", "*"},
+		{"communications: no DoH at lunch either", comms, "dns.nextdns.io", tue1230, "block", "doh", "", "default", "*"},
+		{"staff: the pauses rule does not open DoH", staff, "dns.google", tue1230, "block", "doh", "", "default", "*"},
 		{"les encyclopédies collaboratives (Wikipedia)", staff, "fr.wikipedia.org", tue1400, "block", "wikipedia", "heures-de-travail", "rule", "*"},
 		{"Wikipedia during a break", staff, "fr.wikipedia.org", tue1005, "allow", "wikipedia", "pauses", "rule", "2026-05-12T10:15:00-04:00"},
 		{"les balados (podcasts)", staff, "podcasts.apple.com", tue1400, "block", "apple-podcasts", "heures-de-travail", "rule", "*"},
@@ -112,6 +118,7 @@ func TestExampleGaspesie(t *testing.T) {
 		{"authorized users before 8:30", comms, "www.facebook.com", tue0800, "block", "facebook", "postes", "rule", "2026-05-12T08:30:00-04:00"},
 		{"authorized users on saturday (until bounded to 24 h)", comms, "www.facebook.com", sat1000, "block", "facebook", "postes", "rule", "2026-05-17T10:00:00-04:00"},
 		{"le téléphone intelligent fourni par l'établissement", phone, "www.linkedin.com", tue1400, "allow", "linkedin", "autorises", "rule", "*"},
+		{"authorized users: no DNS-over-HTTPS bypass", comms, "cloudflare-dns.com", tue1005, "block", "doh", "", "default", "*"},
 		{"seuls les membres du personnel autorisés: no break window", staff, "www.facebook.com", tue1230, "block", "facebook", "postes", "rule", "*"},
 		{"proscrite … sur les équipements personnels durant les heures de travail", wifi, "www.facebook.com", tue1230, "block", "facebook", "wifi-heures-de-travail", "rule", "2026-05-12T16:30:00-04:00"},
 		{"personal devices after work hours", wifi, "www.facebook.com", tue1700, "allow", "facebook", "wifi-hors-heures", "rule", "2026-05-13T08:30:00-04:00"},
@@ -129,7 +136,23 @@ func TestExampleIUCPQ(t *testing.T) {
 		{"les outils de communications électroniques", staff, "web.whatsapp.com", tue1400, "block", "whatsapp", "stations", "rule", "*"},
 		{"seuls les utilisateurs autorisés", comms, "fr.wikipedia.org", tue1400, "allow", "wikipedia", "autorises", "rule", "*"},
 		{"authorized users at night", comms, "www.youtube.com", sun0300, "allow", "youtube", "autorises", "rule", "*"},
+		{"authorized users: no DNS-over-HTTPS bypass", comms, "private.canadianshield.cira.ca", tue1400, "block", "doh", "", "default", "*"},
 		{"bien personnel: the staff Wi-Fi", wifi, "www.facebook.com", tue1400, "allow", "facebook", "wifi-personnel", "rule", "*"},
 		{"usagers are not bound by the charter", patient, "www.facebook.com", tue1400, "allow", "facebook", "patients", "rule", "*"},
 	})
+}
+
+// TestExplainDoH: explain says why a DNS-over-HTTPS endpoint stays blocked
+// for a group whose rule allows "*" (reason default, not default_action).
+func TestExplainDoH(t *testing.T) {
+	path := filepath.Join("..", "..", "deploy", "examples", "estrie.toml")
+	out, stderr, code := runCmd("explain", "--config", path, "--client", "10.20.30.12", "--host", "dns.google", "--at", tue1400)
+	if code != 0 {
+		t.Fatalf("explain = %d\n%s", code, stderr)
+	}
+	for _, want := range []string{"verdict   block", "category  doh", "reason    default: no rule names the doh category or service"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain dns.google for the authorized group:\n%s\nwant a line with %q", out, want)
+		}
+	}
 }

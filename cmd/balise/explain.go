@@ -206,6 +206,9 @@ func reasonText(d policy.Decision) string {
 	case policy.ReasonRule:
 		return fmt.Sprintf("rule %q is the first that matches", d.Rule)
 	case policy.ReasonDefault:
+		if d.Bypass {
+			return "no rule names the doh category or service: DNS-over-HTTPS endpoints stay blocked (\"*\" and default_action do not open them)"
+		}
 		return fmt.Sprintf("no rule matches; default_action is %s", d.Verdict)
 	case policy.ReasonGrant:
 		return fmt.Sprintf("exception grant %s allows it", d.Grant)

@@ -64,6 +64,17 @@ func Reasons() []Reason {
 	return out
 }
 
+// BypassCategory is the category of services that let a client get round
+// Balise (public DNS-over-HTTPS and DNS-over-TLS resolvers). It is bypass
+// hygiene, not a preference: "*" in a rule's Services or Categories, an
+// empty rule and a grant for "*" never include its services, and
+// Spec.DefaultAction Allow does not open them (no rule matching:
+// Block, ReasonDefault). Only a rule that names the category or one of
+// its services, or a grant that names one of its services, lifts it. An
+// allow-list entry lifts one of its hosts only when it names the listed
+// name itself or a name under it, never through a parent domain.
+const BypassCategory = "doh"
+
 // Query is one question to the engine: may this client, at this instant,
 // reach this host?
 type Query struct {
@@ -114,6 +125,9 @@ type Decision struct {
 	Invalid bool
 	// IP is true when Host is an IP literal.
 	IP bool
+	// Bypass is true when the service is in BypassCategory: blocked
+	// unless a rule or a grant names it, whatever DefaultAction says.
+	Bypass bool
 }
 
 // Listed reports whether the host belongs to a listed service.
@@ -173,7 +187,8 @@ type Rule struct {
 	// Groups the rule applies to; "*" is everyone. Empty: everyone.
 	Groups []string
 	// Services (ids) and Categories the rule applies to; "*" is every
-	// listed service. When both are empty the rule matches every service.
+	// listed service except those of BypassCategory. When both are empty
+	// the rule matches every service except those of BypassCategory.
 	Services   []string
 	Categories []string
 	// During are schedule names; the rule matches only inside one of their
@@ -194,7 +209,8 @@ type Grant struct {
 	// it matches Query.User ASCII case-insensitively. A grant may have
 	// both a Subject and a User: either matches.
 	User string
-	// Services are service ids; "*" is every service.
+	// Services are service ids; "*" is every service except those of
+	// BypassCategory, which a grant reaches only by naming them.
 	Services []string
 	// NotBefore and NotAfter bound the grant: it applies in
 	// [NotBefore, NotAfter). A zero NotBefore means "from the start"; a
@@ -217,11 +233,13 @@ type Spec struct {
 	// the services' categories.
 	Categories []string
 	// AllowHosts always pass, with their subdomains (local allow lists),
-	// even under a longer listed name or a canary.
+	// even under a longer listed name; but not a canary, and not a host
+	// of BypassCategory listed under a longer name than the allow entry
+	// (allowing google.com does not open dns.google.com).
 	AllowHosts []string
 	// Canaries are names blocked for everyone with ReasonCanary (browser
-	// DoH canary, iCloud Private Relay), with their subdomains; grants
-	// and rules do not lift them, AllowHosts do. Nil: none.
+	// DoH canary, iCloud Private Relay), with their subdomains; grants,
+	// rules and AllowHosts do not lift them. Nil: none.
 	Canaries []string
 	// Groups are at most 64 (a client's membership is a 64-bit set).
 	Groups    []Group

@@ -47,6 +47,10 @@ type serviceInfo struct {
 	Service      // without Domains
 	domains  int // number of Domains entries given
 	category int // index in compiled.categories
+	// bypass is set for services of BypassCategory: "*" in rules and
+	// grants does not reach them and default_action allow does not
+	// open them.
+	bypass bool
 }
 
 // network is one CIDR prefix of a group.
@@ -198,6 +202,7 @@ func (c *compiled) compileServices(spec *Spec) error {
 			},
 			domains:  len(s.Domains),
 			category: addCategory(s.Category),
+			bypass:   s.Category == BypassCategory,
 		}
 		if info.Name == "" {
 			info.Name = s.ID
@@ -408,13 +413,14 @@ func (c *compiled) compileRules(spec *Spec) error {
 			}
 			cr.groups |= 1 << gi
 		}
-		if len(r.Services) == 0 && len(r.Categories) == 0 {
-			cr.allServices = true
-		}
+		// "*", or no services and categories at all, is every service
+		// but those of BypassCategory: only a rule that names the
+		// category or one of its services reaches them.
+		all := len(r.Services) == 0 && len(r.Categories) == 0
 		cr.services = make([]uint64, words)
 		for _, s := range r.Services {
 			if s == "*" {
-				cr.allServices = true
+				all = true
 				continue
 			}
 			si, ok := c.byID[s]
@@ -425,7 +431,7 @@ func (c *compiled) compileRules(spec *Spec) error {
 		}
 		for _, cat := range r.Categories {
 			if cat == "*" {
-				cr.allServices = true
+				all = true
 				continue
 			}
 			ci := slices.Index(c.categories, cat)
@@ -438,8 +444,12 @@ func (c *compiled) compileRules(spec *Spec) error {
 				}
 			}
 		}
-		if cr.allServices {
-			cr.services = nil
+		if all {
+			for si := range c.services {
+				if !c.services[si].bypass {
+					cr.services[si/64] |= 1 << (si % 64)
+				}
+			}
 		}
 		if len(r.During) == 0 {
 			cr.week = weekSet{always: true}

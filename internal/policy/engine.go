@@ -84,21 +84,24 @@ func (p *Policy) GroupsOf(q Query) []string {
 // Classification of the normalized host, in this order:
 //  1. an IP literal or an invalid name: Allow, ReasonUnlisted (IP or
 //     Invalid set); the front-ends apply their own rules to those.
-//  2. the host or one of its parent domains is in Spec.AllowHosts or is a
-//     service's Exceptions entry: Allow, ReasonAllowList, whatever else
-//     lists it. Service is the service of the exception, else the service
-//     listing the host (so logs can say which service was let through),
-//     else empty.
-//  3. the host or a parent is a canary: Block, ReasonCanary for everyone
+//  2. the host or a parent is a canary: Block, ReasonCanary for everyone
 //     (Service filled when a service also lists the host).
+//  3. the host or one of its parent domains is in Spec.AllowHosts or is a
+//     service's Exceptions entry: Allow, ReasonAllowList, whatever else
+//     lists it — except a host of BypassCategory listed under a longer
+//     name than the allow entry, which goes on to step 4. Service is the
+//     service of the exception, else the service listing the host (so
+//     logs can say which service was let through), else empty.
 //  4. the longest listed suffix on a label boundary names the service
 //     (cname_targets count only when q.CNAMETarget); none: Allow,
 //     ReasonUnlisted, without looking at rules or grants.
 //  5. an active grant for the client or user and the service: Allow,
-//     ReasonGrant.
+//     ReasonGrant. A grant for "*" does not reach BypassCategory.
 //  6. the first rule that applies to the client's groups and the service
 //     and is inside one of its During windows: its action, ReasonRule.
-//  7. else the default action, ReasonDefault.
+//     "*" does not reach BypassCategory.
+//  7. else the default action, ReasonDefault; Block for BypassCategory
+//     whatever the default action.
 //
 // Until is set for steps 5 to 7 only (the others never change with time):
 // the first instant after q.Time at which Verdict, Reason, Rule or Grant
@@ -123,18 +126,24 @@ func (p *Policy) Decide(q Query) (d Decision) {
 		}
 		n, _, _ = normalizeASCII(&buf, a)
 	}
-	svc, except, allow, canary := c.classify(&buf, n, q.CNAMETarget)
+	cl := c.classify(&buf, n, q.CNAMETarget)
+	svc := cl.svc
+	if (cl.allow || cl.except >= 0) && svc >= 0 && c.services[svc].bypass && cl.allowDepth < cl.svcDepth {
+		// A parent domain in an allow list does not open a bypass
+		// endpoint listed under it.
+		cl.allow, cl.except = false, noService
+	}
 	switch {
-	case allow || except >= 0:
-		if except >= 0 {
-			svc = except
+	case cl.canary:
+		c.fillService(&d, svc)
+		d.Verdict, d.Reason = Block, ReasonCanary
+		return d
+	case cl.allow || cl.except >= 0:
+		if cl.except >= 0 {
+			svc = cl.except
 		}
 		c.fillService(&d, svc)
 		d.Reason = ReasonAllowList
-		return d
-	case canary:
-		c.fillService(&d, svc)
-		d.Verdict, d.Reason = Block, ReasonCanary
 		return d
 	case svc < 0:
 		return d
@@ -144,7 +153,9 @@ func (p *Policy) Decide(q Query) (d Decision) {
 	u := instant(q.Time)
 	limit := addSat(u, c.maxUntil)
 	client := q.Client.Unmap().WithZone("")
-	gi, until := p.g.decide(s, client, q.User, u, limit)
+	bypass := c.services[s].bypass
+	d.Bypass = bypass
+	gi, until := p.g.decide(s, bypass, client, q.User, u, limit)
 	if gi >= 0 {
 		d.Verdict, d.Reason, d.Grant = Allow, ReasonGrant, p.g.gs[gi].id
 		d.Until = q.Time.Add(time.Duration(until - u))
@@ -159,6 +170,9 @@ func (p *Policy) Decide(q Query) (d Decision) {
 		d.Verdict, d.Reason, d.Rule = c.rules[k].action, ReasonRule, c.rules[k].name
 	} else {
 		d.Verdict, d.Reason = c.defaultAction, ReasonDefault
+		if bypass {
+			d.Verdict = Block
+		}
 	}
 	until = c.ruleChange(&e, k, u, off, next, wt, limit)
 	d.Until = q.Time.Add(time.Duration(until - u))
@@ -175,15 +189,26 @@ func (c *compiled) fillService(d *Decision, svc int32) {
 	d.Service, d.ServiceName, d.Category = s.ID, s.Name, s.Category
 }
 
+// classified is what classify finds about a name.
+type classified struct {
+	svc    int32 // service of the longest listed suffix, or -1
+	except int32 // service of an exception among the suffixes, or -1
+	allow  bool  // a suffix is in the allow list
+	canary bool  // a suffix is a canary
+	// svcDepth and allowDepth count the labels of the suffix that set
+	// svc and of the longest allow-list or exception suffix.
+	svcDepth, allowDepth int
+}
+
 // classify walks the suffixes of the normalized name buf[:n] from the
-// shortest and returns the service of the longest listed one (or -1), the
-// service of an exception among them (or -1), and whether one is in the
-// allow list or is a canary. It stops at the first suffix that is not in
-// the table or has nothing listed below it: usually after the
-// registrable domain, with one lookup in cache (the top-level domain) and
-// one that is not.
-func (c *compiled) classify(buf *hostBuf, n int, cname bool) (svc, except int32, allow, canary bool) {
-	svc, except = noService, noService
+// shortest and reports the service of the longest listed one, the
+// service of an exception among them, and whether one is in the allow
+// list or is a canary. It stops at the first suffix that is not in the
+// table or has nothing listed below it: usually after the registrable
+// domain, with one lookup in cache (the top-level domain) and one that is
+// not.
+func (c *compiled) classify(buf *hostBuf, n int, cname bool) (r classified) {
+	r.svc, r.except = noService, noService
 	h := uint64(hashSeed)
 	labels := 0
 	for e := n; e > 0; {
@@ -199,20 +224,22 @@ func (c *compiled) classify(buf *hostBuf, n int, cname bool) (svc, except int32,
 		}
 		v := &c.values[vi]
 		if v.listed >= 0 {
-			svc = v.listed
+			r.svc, r.svcDepth = v.listed, labels
 		} else if cname && v.cname >= 0 {
-			svc = v.cname
+			r.svc, r.svcDepth = v.cname, labels
 		}
 		if v.except >= 0 {
-			except = v.except
+			r.except, r.allowDepth = v.except, labels
 		}
-		allow = allow || v.allow
-		canary = canary || v.canary
+		if v.allow {
+			r.allow, r.allowDepth = true, labels
+		}
+		r.canary = r.canary || v.canary
 		if !v.parent {
 			break
 		}
 	}
-	return svc, except, allow, canary
+	return r
 }
 
 // Instants are nanoseconds since the Unix epoch, clamped to what an int64

@@ -79,11 +79,16 @@ func (g *cgrant) appliesTo(client netip.Addr, user string) bool {
 // after u, before limit, at which the grant part of the decision changes:
 // the chosen grant's end, or the start of a grant that would take over
 // (ending later), or — with no active grant — the start of the next one.
-func (gi *grantIndex) decide(svc int, client netip.Addr, user string, u, limit int64) (int, int64) {
+// Grants for "*" are not considered when bypass is set.
+func (gi *grantIndex) decide(svc int, bypass bool, client netip.Addr, user string, u, limit int64) (int, int64) {
 	if len(gi.gs) == 0 {
 		return -1, limit
 	}
 	lists := [2][]int32{gi.bySvc[svc], gi.any}
+	if bypass {
+		// A grant for "*" does not reach BypassCategory.
+		lists[1] = nil
+	}
 	chosen := -1
 	for _, l := range lists {
 		for _, i := range l {

@@ -10,17 +10,17 @@ type rule struct {
 	name     string // Rule.Name, or "#N" when empty
 	everyone bool
 	groups   uint64 // group bits, when not everyone
-	// allServices is set for "*" or no services and categories; else
-	// services is a bit set of service indexes (categories expanded).
-	allServices bool
-	services    []uint64
-	week        weekSet // the union of the During schedules' windows
-	action      Verdict
+	// services is a bit set of service indexes: categories expanded,
+	// "*" (or no services and categories) as every service but those of
+	// BypassCategory.
+	services []uint64
+	week     weekSet // the union of the During schedules' windows
+	action   Verdict
 }
 
 // hasService reports whether r concerns service index svc.
 func (r *rule) hasService(svc int) bool {
-	return r.allServices || r.services[svc>>6]&(1<<(uint(svc)&63)) != 0
+	return r.services[svc>>6]&(1<<(uint(svc)&63)) != 0
 }
 
 // clientMask returns the bits of the groups client (unmapped, no zone),

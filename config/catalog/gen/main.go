@@ -1,11 +1,16 @@
 // Command gen builds Balise's embedded service catalog (catalog.toml) from
 // the reference catalog: a services.toml file of services with their
 // domains, a provenance.tsv file naming the sources of every entry, and a
-// SOURCES.md file giving each source's commit and licence.
+// SOURCES.md file giving each source's commit and licence; and from
+// doh.toml, kept beside catalog.toml, which lists public DNS-over-HTTPS
+// and DNS-over-TLS endpoints by provider with the documentation of each
+// host. The doh service lists the reference's permissive DoH entries and
+// every host of doh.toml (a host documented there is no longer
+// copyleft-only).
 //
 // Usage (from the config directory, through go generate):
 //
-//	go run ./catalog/gen -src DIR -out catalog/catalog.toml
+//	go run ./catalog/gen -src DIR [-doh catalog/doh.toml] -out catalog/catalog.toml
 //
 // Entries whose only sources are copyleft, share-alike or unlicensed
 // compilations are not part of the default lists: domain entries go to
@@ -84,20 +89,25 @@ type stats struct {
 func main() {
 	src := flag.String("src", "", "directory of the reference catalog (services.toml, provenance.tsv, SOURCES.md)")
 	outPath := flag.String("out", "catalog.toml", "file to write")
+	dohPath := flag.String("doh", "catalog/doh.toml", "DNS-over-HTTPS endpoints by provider, with sources")
 	flag.Parse()
 	if *src == "" {
 		fmt.Fprintln(os.Stderr, "gen: -src is required (set BALISE_CATALOG_SRC for go generate)")
 		os.Exit(2)
 	}
-	if err := run(*src, *outPath); err != nil {
+	if err := run(*src, *dohPath, *outPath); err != nil {
 		fmt.Fprintln(os.Stderr, "gen:", err)
 		os.Exit(1)
 	}
 }
 
-func run(src, outPath string) error {
+func run(src, dohPath, outPath string) error {
 	var in input
 	if _, err := toml.DecodeFile(filepath.Join(src, "services.toml"), &in); err != nil {
+		return err
+	}
+	dohData, err := readDoH(dohPath)
+	if err != nil {
 		return err
 	}
 	prov, err := readProvenance(filepath.Join(src, "provenance.tsv"))
@@ -172,6 +182,12 @@ func run(src, outPath string) error {
 	}
 	doh := outService{ID: "doh", Name: "DNS-over-HTTPS endpoints", Category: "doh", Sources: cleanSources(in.Canaries.Sources)}
 	doh.Domains = split(in.Canaries.DoHEndpoints, "", "doh_endpoints", &doh.Copyleft)
+	documented := dohData.hosts()
+	doh.Domains = dedupKeep(append(doh.Domains, documented...))
+	kept := len(doh.Copyleft)
+	doh.Copyleft = slices.DeleteFunc(doh.Copyleft, func(h string) bool { return slices.Contains(documented, h) })
+	st.copyleftDomains -= kept - len(doh.Copyleft)
+	doh.Sources = append(doh.Sources, dohData.sourceLines()...)
 	services = append(services, doh)
 	canaries := append(slices.Clone(in.Canaries.Firefox), in.Canaries.ICloudPrivateRelay...)
 
@@ -303,4 +319,110 @@ func readDate(path string) (string, error) {
 		return "", fmt.Errorf("%s: no \"Read date: YYYY-MM-DD\" line", path)
 	}
 	return string(m[1]), nil
+}
+
+// dohFile is the schema of doh.toml.
+type dohFile struct {
+	Read      string            `toml:"read"`
+	Sources   map[string]string `toml:"sources"`
+	Providers []struct {
+		Name  string `toml:"name"`
+		Hosts []struct {
+			Name    string   `toml:"name"`
+			Sources []string `toml:"sources"`
+		} `toml:"hosts"`
+	} `toml:"provider"`
+}
+
+// readDoH reads doh.toml and checks it: every host is a lower-case name
+// without a trailing dot, listed once, with at least one source that is
+// a URL or a key of [sources].
+func readDoH(path string) (*dohFile, error) {
+	var f dohFile
+	md, err := toml.DecodeFile(path, &f)
+	if err != nil {
+		return nil, err
+	}
+	if u := md.Undecoded(); len(u) > 0 {
+		return nil, fmt.Errorf("%s: unknown keys %v", path, u)
+	}
+	seen := map[string]bool{}
+	for _, p := range f.Providers {
+		if p.Name == "" || len(p.Hosts) == 0 {
+			return nil, fmt.Errorf("%s: provider %q: a name and hosts are required", path, p.Name)
+		}
+		for _, h := range p.Hosts {
+			if h.Name == "" || h.Name != strings.ToLower(h.Name) || strings.HasSuffix(h.Name, ".") || !strings.Contains(h.Name, ".") {
+				return nil, fmt.Errorf("%s: provider %q: bad host %q", path, p.Name, h.Name)
+			}
+			if seen[h.Name] {
+				return nil, fmt.Errorf("%s: host %q listed twice", path, h.Name)
+			}
+			seen[h.Name] = true
+			if len(h.Sources) == 0 {
+				return nil, fmt.Errorf("%s: host %q has no source", path, h.Name)
+			}
+			for _, s := range h.Sources {
+				if _, ok := f.Sources[s]; !ok && !strings.HasPrefix(s, "https://") {
+					return nil, fmt.Errorf("%s: host %q: source %q is neither a URL nor a key of [sources]", path, h.Name, s)
+				}
+			}
+		}
+	}
+	return &f, nil
+}
+
+// hosts returns every host, in file order.
+func (f *dohFile) hosts() []string {
+	var out []string
+	for _, p := range f.Providers {
+		for _, h := range p.Hosts {
+			out = append(out, h.Name)
+		}
+	}
+	return out
+}
+
+// sourceLines describes, per provider, the hosts and the documents they
+// come from, then the shared documents.
+func (f *dohFile) sourceLines() []string {
+	out := []string{fmt.Sprintf("DNS-over-HTTPS and DNS-over-TLS hosts by provider (config/catalog/doh.toml, read %s):", f.Read)}
+	used := map[string]bool{}
+	for _, p := range f.Providers {
+		var names, docs []string
+		for _, h := range p.Hosts {
+			names = append(names, h.Name)
+			for _, s := range h.Sources {
+				if !slices.Contains(docs, s) {
+					docs = append(docs, s)
+				}
+				used[s] = true
+			}
+		}
+		out = append(out, fmt.Sprintf("%s: %s — %s", p.Name, strings.Join(names, ", "), strings.Join(docs, "; ")))
+	}
+	keys := make([]string, 0, len(f.Sources))
+	for k := range f.Sources {
+		if used[k] {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		out = append(out, fmt.Sprintf("%s: %s", k, f.Sources[k]))
+	}
+	return out
+}
+
+// dedupKeep removes repeated entries, keeping the first of each.
+func dedupKeep(ss []string) []string {
+	seen := map[string]bool{}
+	out := ss[:0:0]
+	for _, s := range ss {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
 }
