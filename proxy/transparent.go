@@ -65,6 +65,7 @@ func (p *Proxy) StartTransparentHTTP(ctx context.Context, ln net.Listener) <-cha
 		r.Header.Add("Via", "1.1 "+p.via)
 		return r, nil
 	})
+	gp.OnResponse().DoFunc(p.onUpstreamError(modeTransparent))
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serveTransparentHTTP(gp, w, r) }),
 		ReadHeaderTimeout: p.opts.HeaderTimeout,
@@ -271,6 +272,9 @@ func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
 	}
 	origin, err := p.dial.dialTunnel(ctx, orig.String())
 	if err != nil {
+		if _, refused := p.refusedDestination(err, modeTransparent, client, orig.String()); refused {
+			c.Write(tlsAccessDenied)
+		}
 		c.Close()
 		return
 	}
