@@ -71,6 +71,7 @@ func asDestinationError(err error) (*destinationError, bool) {
 // (unmapped, without zone) and the IPv4 addresses it embeds through
 // IPv4-compatible, NAT64 (64:ff9b::/96, and 64:ff9b:1::/48 in both of
 // RFC 6052's layouts), 6to4 and Teredo (server and client) encodings.
+// The dialled address is refused when any of its forms is.
 func forms(a netip.Addr) (out [4]netip.Addr, n int) {
 	a = a.Unmap().WithZone("")
 	out[0], n = a, 1
@@ -78,9 +79,15 @@ func forms(a netip.Addr) (out [4]netip.Addr, n int) {
 		return out, n
 	}
 	b := a.As16()
+	// An embedded 0.0.0.0/8 or 255.255.255.255 is what the other layout
+	// of an address, or an empty Teredo field, decodes to: no translator
+	// or relay reaches it, so it is not a form of anything.
 	v4 := func(x, y, z, w byte) {
-		out[n] = netip.AddrFrom4([4]byte{x, y, z, w})
-		n++
+		e := netip.AddrFrom4([4]byte{x, y, z, w})
+		if !prefixThisNet.Contains(e) && e != addrBroadcastV4 {
+			out[n] = e
+			n++
+		}
 	}
 	switch {
 	case prefixNAT64.Contains(a):
