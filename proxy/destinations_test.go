@@ -431,3 +431,26 @@ func TestCertScope(t *testing.T) {
 		t.Fatal("errCertScope must not read as a destination refusal")
 	}
 }
+
+// TestDestinationsCheckAllocs: an allowed address costs the dialer no
+// allocation.
+func TestDestinationsCheckAllocs(t *testing.T) {
+	g := newDestinations([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, nil, &localAddrs{})
+	g.addListener(netip.MustParseAddrPort("0.0.0.0:3128"), true)
+	if n := testing.AllocsPerRun(100, func() {
+		if g.control("tcp", "[2606:4700::1]:443", nil) != nil || g.control("tcp", "93.184.216.34:3128", nil) != nil {
+			t.Fatal("refused")
+		}
+	}); n != 0 {
+		t.Errorf("control on allowed addresses: %v allocations, want 0", n)
+	}
+}
+
+func BenchmarkDestinationsControl(b *testing.B) {
+	g := newDestinations([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, nil, &localAddrs{})
+	g.addListener(netip.MustParseAddrPort("127.0.0.1:9464"), false)
+	b.ReportAllocs()
+	for b.Loop() {
+		g.control("tcp", "93.184.216.34:443", nil)
+	}
+}
