@@ -338,6 +338,12 @@ func TestDestinationTransparent(t *testing.T) {
 	if err != nil || resp.StatusCode != 403 || !strings.Contains(resp.Header.Get("Proxy-Status"), "destination_ip_prohibited") {
 		t.Errorf("transparent HTTP to a loopback destination = %v %v, want 403", resp, err)
 	}
+	// A CONNECT sent to the transparent HTTP port is dialled like a tunnel.
+	cc, _, code := rawConnect(t, ha, "", "unlisted.test:80")
+	cc.Close()
+	if code == http.StatusOK {
+		t.Errorf("CONNECT on the transparent HTTP port to a loopback destination = 200")
+	}
 	tc, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", sa, &tls.Config{ServerName: "unlisted.test", InsecureSkipVerify: true})
 	if err == nil {
 		tc.Close()
@@ -355,11 +361,29 @@ func TestDestinationTransparent(t *testing.T) {
 // be on loopback.
 func TestDestinationParent(t *testing.T) {
 	parentAddr, parentConns := countingOrigin(t, "127.0.0.1:0")
+	targetAddr, targetConns := countingOrigin(t, "127.0.0.1:0")
 	u, _ := url.Parse("http://" + parentAddr.String())
+	dsts := &dstMap{}
 	e := startEnv(t, testSpec(), func(o *Options) {
 		o.AllowDestinations = nil
 		o.Parent = u
+		o.OriginalDestination = dsts.hook
 	})
+	// Transparent HTTP (a CONNECT sent to it included) to a loopback
+	// destination: refused before the parent, never dialled directly.
+	ha, _ := startTransparent(t, e)
+	dsts.set(ha, targetAddr.String())
+	cc, _, code := rawConnect(t, ha, "", "unlisted.test:80")
+	cc.Close()
+	if code == http.StatusOK {
+		t.Errorf("CONNECT on the transparent HTTP port with a parent, loopback destination = 200")
+	}
+	if code, ps, _ := destGet(t, ha, "GET", "http://unlisted.test/", nil); code != 403 || !strings.Contains(ps, "destination_ip_prohibited") {
+		t.Errorf("transparent HTTP with a parent, loopback destination = %d %q, want 403", code, ps)
+	}
+	if n := targetConns.Load(); n != 0 {
+		t.Errorf("the loopback destination accepted %d connections", n)
+	}
 	for _, target := range []string{"http://127.0.0.1:8080/", "http://[::ffff:127.0.0.1]/", "http://rebind.test/", "http://169.254.169.254/"} {
 		if code, ps, _ := destGet(t, e.addr, "GET", target, nil); code != 403 || !strings.Contains(ps, "destination_ip_prohibited") {
 			t.Errorf("GET %s via parent = %d %q, want 403", target, code, ps)
