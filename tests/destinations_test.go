@@ -158,7 +158,9 @@ func TestDestinationsAllowed(t *testing.T) {
 	if status, body := pxStatus(out); status != "200" || body != "origin /tls" {
 		t.Errorf("allowed loopback HTTPS origin = %s %q %s", status, body, errs)
 	}
+	dnsTCP := in.Addr("dns-tcp")
 	for _, args := range [][]string{
+		{"http://" + dnsTCP + "/"},
 		{"http://127.0.0.1:" + metricsPort + "/metrics"},
 		{"http://[::ffff:127.0.0.1]:" + metricsPort + "/metrics"},
 		{"http://rebind.test:" + metricsPort + "/metrics"},
