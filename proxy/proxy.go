@@ -207,7 +207,10 @@ func (p *Proxy) isSelf(u string) bool {
 		host, port = u, "80"
 	}
 	if ap, ok := literalAddrPort(host, port); ok {
-		return p.dests.isOwn(ap, true)
+		if p.dests.isOwn(ap, true) {
+			return true
+		}
+		host = ap.Addr().Unmap().WithZone("").String()
 	}
 	key := net.JoinHostPort(strings.ToLower(strings.TrimSuffix(host, ".")), port)
 	p.selfMu.RLock()
