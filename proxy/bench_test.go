@@ -41,6 +41,7 @@ func benchProxy(b *testing.B, ports ...uint16) string {
 		Decisions:           decisionlog.New(logger, time.Minute, 0),
 		ConnectPorts:        ports,
 		MaxTunnelsPerClient: -1,
+		AllowDestinations:   loopbackPrefixes, // the origins listen on loopback
 	})
 	if err != nil {
 		b.Fatalf("New: %v", err)

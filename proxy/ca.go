@@ -15,6 +15,7 @@ import (
 	"math/big"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -115,7 +116,13 @@ func randomSerial() (*big.Int, error) {
 }
 
 // issue signs a leaf for host (a name or an IP literal) with leafKey.
+// The leaf names exactly host: never a wildcard, never another name. The
+// caller (the interceptor) issues only for the blocked listed host it
+// shows the block page for.
 func (ca *CA) issue(host string, leafKey *ecdsa.PrivateKey, now time.Time, validity time.Duration) (*tls.Certificate, error) {
+	if host == "" || strings.ContainsAny(host, "*/ ") {
+		return nil, fmt.Errorf("ca: refusing a certificate for %q", host)
+	}
 	serial, err := randomSerial()
 	if err != nil {
 		return nil, err

@@ -103,8 +103,7 @@ func (p *Proxy) hijackConnect(req *http.Request, conn net.Conn, _ *goproxy.Proxy
 
 	origin, err := p.dial.dialTunnel(req.Context(), req.URL.Host)
 	if err != nil {
-		p.logger().Debug("dial failed", "err", err)
-		writeConnectRefusal(raw, http.StatusBadGateway, proxyStatus(proxyStatusForDialError(err), ""), "Balise : destination injoignable / destination unreachable\n")
+		p.refuseConnectDial(raw, client, req.URL.Host, err)
 		return
 	}
 	if _, err := io.WriteString(raw, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {

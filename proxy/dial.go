@@ -15,18 +15,23 @@ import (
 )
 
 // dialer opens connections to destinations, directly (optionally through
-// a chosen DNS server) or through a parent proxy.
+// a chosen DNS server) or through a parent proxy. Every connection to a
+// destination goes through net, whose Control hook refuses the addresses
+// dests forbids; plain reaches the parent proxy (the operator's choice,
+// loopback included).
 type dialer struct {
 	net     net.Dialer
+	plain   net.Dialer
+	dests   *destinations
 	parent  *url.URL // nil: direct
 	auth    string   // Proxy-Authorization value for the parent, "" for none
 	timeout time.Duration
 	observe func(time.Duration)
 }
 
-func newDialer(o *Options, observe func(time.Duration)) (*dialer, error) {
-	d := &dialer{timeout: o.DialTimeout, observe: observe}
-	d.net = net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}
+func newDialer(o *Options, dests *destinations, observe func(time.Duration)) (*dialer, error) {
+	d := &dialer{timeout: o.DialTimeout, observe: observe, dests: dests}
+	d.net = net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second, Control: dests.control}
 	if o.Resolver != "" {
 		if _, _, err := net.SplitHostPort(o.Resolver); err != nil {
 			return nil, fmt.Errorf("resolver %q: %w", o.Resolver, err)
@@ -40,6 +45,8 @@ func newDialer(o *Options, observe func(time.Duration)) (*dialer, error) {
 			},
 		}
 	}
+	d.plain = d.net
+	d.plain.Control = nil
 	if o.Parent != nil {
 		if o.Parent.Scheme != "http" || o.Parent.Host == "" {
 			return nil, fmt.Errorf("parent %q: want http://host:port", o.Parent.Redacted())
@@ -69,11 +76,31 @@ func newDialer(o *Options, observe func(time.Duration)) (*dialer, error) {
 // dialDirect connects to addr without the parent (the transport uses it to
 // reach the parent itself, or destinations when there is none).
 func (d *dialer) dialDirect(ctx context.Context, network, addr string) (net.Conn, error) {
+	if d.parent != nil {
+		return d.plain.DialContext(ctx, network, addr)
+	}
 	return d.net.DialContext(ctx, network, addr)
 }
 
-// proxyURL is the transport's Proxy function.
-func (d *dialer) proxyURL(*http.Request) (*url.URL, error) { return d.parent, nil }
+// proxyURL is the transport's Proxy function. With a parent proxy, it
+// checks the request's destination before handing it over.
+func (d *dialer) proxyURL(r *http.Request) (*url.URL, error) {
+	if d.parent == nil {
+		return nil, nil
+	}
+	hostport := r.URL.Host
+	if r.URL.Port() == "" {
+		port := "80"
+		if r.URL.Scheme == "https" {
+			port = "443"
+		}
+		hostport = net.JoinHostPort(r.URL.Hostname(), port)
+	}
+	if err := d.dests.checkHostPort(r.Context(), d.net.Resolver, hostport); err != nil {
+		return nil, err
+	}
+	return d.parent, nil
+}
 
 // dialTunnel opens a byte stream to addr for a tunnel: a TCP connection,
 // or a CONNECT tunnel through the parent proxy.
@@ -85,7 +112,7 @@ func (d *dialer) dialTunnel(ctx context.Context, addr string) (net.Conn, error) 
 	var err error
 	if d.parent == nil {
 		c, err = d.net.DialContext(ctx, "tcp", addr)
-	} else {
+	} else if err = d.dests.checkHostPort(ctx, d.net.Resolver, addr); err == nil {
 		c, err = d.connectParent(ctx, addr)
 	}
 	if err == nil && d.observe != nil {
@@ -97,7 +124,7 @@ func (d *dialer) dialTunnel(ctx context.Context, addr string) (net.Conn, error) 
 var errParentRefused = errors.New("parent proxy refused the tunnel")
 
 func (d *dialer) connectParent(ctx context.Context, addr string) (net.Conn, error) {
-	c, err := d.net.DialContext(ctx, "tcp", d.parent.Host)
+	c, err := d.plain.DialContext(ctx, "tcp", d.parent.Host)
 	if err != nil {
 		return nil, err
 	}
@@ -160,6 +187,8 @@ func unwrapPrefix(c net.Conn) (net.Conn, []byte) {
 func proxyStatusForDialError(err error) string {
 	var dnsErr *net.DNSError
 	switch {
+	case errors.As(err, new(*destinationError)):
+		return destProxyStatus
 	case errors.As(err, &dnsErr):
 		if dnsErr.IsTimeout {
 			return "dns_timeout"

@@ -43,8 +43,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 			resp, err = p.tr.RoundTrip(r)
 		}
 		if err != nil {
-			resp = textResponse(r, http.StatusBadGateway, proxyStatus(proxyStatusForDialError(err), ""),
-				"Balise : destination injoignable / destination unreachable\n")
+			resp = p.dialErrorResponse(r, modeExplicit, err)
 		}
 	}
 	wh := w.Header()

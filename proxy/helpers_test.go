@@ -118,6 +118,9 @@ func startEnv(t *testing.T, spec policy.Spec, edit func(*Options)) *env {
 		Decisions:   decisionlog.New(logger, time.Minute, 0),
 		Resolver:    startDNS(t),
 		DialTimeout: 2 * time.Second,
+		// The test origins listen on loopback, which the proxy refuses
+		// unless told otherwise.
+		AllowDestinations: loopbackPrefixes,
 	}
 	if edit != nil {
 		edit(&opts)
@@ -332,3 +335,7 @@ func pemKey(t *testing.T, k any) []byte {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
+
+// loopbackPrefixes exempt loopback from the destinations the proxy
+// refuses, for tests whose origins listen there.
+var loopbackPrefixes = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log"
 	"net"
@@ -78,19 +79,18 @@ func (ic *interceptor) serve(mode int, raw net.Conn, pre []byte, client netip.Ad
 	if len(pre) > 0 {
 		conn = &prefixConn{Conn: raw, prefix: pre}
 	}
-	name := host
+	outOfScope := "" // the server name refused a certificate
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{"http/1.1"},
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-			// The name the browser asked for, so that it can show the page.
-			n := name
-			if hello.ServerName != "" {
-				if sni, err := policy.NormalizeHost(hello.ServerName); err == nil {
-					n = sni
-				}
+			name, d2, ok := ic.scope(host, hello.ServerName, client, d)
+			if !ok {
+				outOfScope = hello.ServerName
+				return nil, errCertScope
 			}
-			return p.certs.get(n, time.Now())
+			host, d = name, d2
+			return p.certs.get(name, time.Now())
 		},
 	}
 	tc := tls.Server(conn, cfg)
@@ -100,6 +100,9 @@ func (ic *interceptor) serve(mode int, raw net.Conn, pre []byte, client netip.Ad
 	if err != nil {
 		tc.Close()
 		p.tunnel.release(client)
+		if outOfScope != "" {
+			p.refuseConn(mode, refusalCertScope, client, outOfScope)
+		}
 		return
 	}
 	p.m.interceptions.Inc()
@@ -182,3 +185,36 @@ type interceptAddr struct{}
 
 func (interceptAddr) Network() string { return "intercept" }
 func (interceptAddr) String() string  { return "intercept" }
+
+// errCertScope refuses a block-page certificate for a name the
+// interceptor is not showing a page for.
+var errCertScope = errors.New("server name outside the block page's scope")
+
+// scope returns the name the block-page certificate may be issued for
+// on a connection blocked as host (decision d), given the ClientHello's
+// server name sni: host itself when sni is empty or names it; sni, with
+// its own decision, when it is itself a listed host blocked for client
+// now. Any other server name gets no certificate (ok false): the
+// institution's CA never vouches for a host Balise does not block.
+func (ic *interceptor) scope(host, sni string, client netip.Addr, d policy.Decision) (name string, sd policy.Decision, ok bool) {
+	h, err := policy.NormalizeHost(host)
+	if err != nil {
+		return "", d, false
+	}
+	if sni == "" {
+		return h, d, true
+	}
+	s, err := policy.NormalizeHost(sni)
+	if err != nil {
+		return "", d, false
+	}
+	if s == h {
+		return h, d, true
+	}
+	p := ic.p
+	sd = p.opts.Policy.Load().Decide(policy.Query{Host: s, Client: client, Time: p.opts.Clock()})
+	if sd.Invalid || !sd.Listed() || sd.Verdict != policy.Block {
+		return "", d, false
+	}
+	return s, sd, true
+}

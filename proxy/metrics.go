@@ -53,11 +53,12 @@ const (
 	refusalNoSNI       // a ClientHello without a server name (no_sni = "deny")
 	refusalIPLiteral   // a tunnel to an IP literal without a usable server name
 	refusalDestination // the destination is always refused or in deny_destinations
+	refusalCertScope   // a blocked connection's ClientHello named a host that is not blocked: no certificate
 	numRefusals
 )
 
 var refusalNames = [numRefusals]string{"client", "port", "limit", "bad_request", "loop",
-	"not_tls", "silent", "no_sni", "ip_literal", "destination"}
+	"not_tls", "silent", "no_sni", "ip_literal", "destination", "cert_scope"}
 
 const (
 	causeClosed    = iota // both sides finished normally
@@ -101,7 +102,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}, []string{"mode", "kind", "verdict", "reason"})
 	refusals := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "balise_proxy_refusals_total",
-		Help: "Connections and requests refused for what they are rather than for a listed host, by reason: client (not allowed), port, limit (per client), bad_request, loop (Balise itself), not_tls (unreadable first flight on a TLS port), silent (nothing sent on a TLS port), no_sni, ip_literal, destination (always refused or denied).",
+		Help: "Connections and requests refused for what they are rather than for a listed host, by reason: client (not allowed), port, limit (per client), bad_request, loop (Balise itself), not_tls (unreadable first flight on a TLS port), silent (nothing sent on a TLS port), no_sni, ip_literal, destination (always refused or denied), cert_scope (a blocked connection's TLS server name was another host, not blocked: no block-page certificate).",
 	}, []string{"mode", "reason"})
 	active := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "balise_proxy_tunnels_active",

@@ -63,8 +63,27 @@ type Options struct {
 	Resolver string
 	// DialTimeout bounds each connection to a destination. Zero: 10s.
 	DialTimeout time.Duration
+	// DenyDestinations are networks the proxy never connects to, on top
+	// of the ones it always refuses (loopback, link-local, unspecified,
+	// multicast, in IPv4-mapped, NAT64, 6to4 and Teredo forms too, and
+	// Balise's own listeners). Checked on every address dialled, after
+	// resolution. Nil: only those.
+	DenyDestinations []netip.Prefix
+	// AllowDestinations exempt networks from the always-refused set (a
+	// lab, a test origin on loopback); never Balise's own listeners nor
+	// DenyDestinations. Nil: no exemption.
+	AllowDestinations []netip.Prefix
+	// OwnListeners are the addresses of Balise's other listeners (DNS,
+	// metrics, console): the proxy never connects to them, nor, for a
+	// wildcard address, to any address of this host on that port,
+	// whatever AllowDestinations says. The proxy's own listeners are added
+	// as they start. Nil: only those.
+	OwnListeners []netip.AddrPort
+
 	// Parent is an upstream HTTP proxy every request and tunnel goes
-	// through (CONNECT for tunnels). Nil: connect directly.
+	// through (CONNECT for tunnels); destinations are resolved through
+	// Resolver and checked (DenyDestinations...) before they are handed
+	// over. Nil: connect directly.
 	Parent *url.URL
 	// ParentCredentialsFile holds "user:password" for the parent proxy
 	// (Basic authentication). Empty: no credentials. Read once by New.

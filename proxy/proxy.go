@@ -33,6 +33,7 @@ type Proxy struct {
 	m      *metrics
 	gp     *goproxy.ProxyHttpServer
 	dial   *dialer
+	dests  *destinations
 	certs  *certCache // nil without a CA
 	icept  *interceptor
 	ports  map[uint16]bool
@@ -73,7 +74,11 @@ func New(opts Options) (*Proxy, error) {
 	}
 	p.tunnel.init()
 	p.via = newViaToken()
-	p.dial, err = newDialer(&p.opts, func(d time.Duration) { m.dialDuration.Observe(d.Seconds()) })
+	p.dests = newDestinations(opts.DenyDestinations, opts.AllowDestinations, &p.local)
+	for _, ap := range opts.OwnListeners {
+		p.dests.addListener(ap, false)
+	}
+	p.dial, err = newDialer(&p.opts, p.dests, func(d time.Duration) { m.dialDuration.Observe(d.Seconds()) })
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
@@ -107,7 +112,7 @@ func New(opts Options) (*Proxy, error) {
 	gp.KeepAcceptEncoding = true
 	gp.NonproxyHandler = http.HandlerFunc(p.servePortal)
 	gp.OnRequest().DoFunc(p.onRequest)
-	gp.OnResponse().DoFunc(upstreamError)
+	gp.OnResponse().DoFunc(p.onUpstreamError(modeExplicit))
 	p.gp = gp
 	return p, nil
 }
@@ -180,6 +185,7 @@ func (p *Proxy) addSelf(a net.Addr) {
 	if err != nil {
 		return
 	}
+	p.dests.addListener(ap, true)
 	p.selfMu.Lock()
 	defer p.selfMu.Unlock()
 	port := strconv.Itoa(int(ap.Port()))
@@ -199,6 +205,12 @@ func (p *Proxy) isSelf(u string) bool {
 	host, port, err := net.SplitHostPort(u)
 	if err != nil {
 		host, port = u, "80"
+	}
+	if ap, ok := literalAddrPort(host, port); ok {
+		if p.dests.isOwn(ap, true) {
+			return true
+		}
+		host = ap.Addr().Unmap().WithZone("").String()
 	}
 	key := net.JoinHostPort(strings.ToLower(strings.TrimSuffix(host, ".")), port)
 	p.selfMu.RLock()
@@ -327,16 +339,6 @@ func (p *Proxy) logDecision(front string, client netip.Addr, host string, d poli
 		return
 	}
 	p.opts.Decisions.Log(now, decisionlog.Entry{Front: front, Client: client, Host: host, Decision: d})
-}
-
-// upstreamError turns a failed forward into a 502 with an RFC 9209
-// Proxy-Status instead of goproxy's bare 500 with the error text.
-func upstreamError(resp *http.Response, ctx *goproxy.ProxyCtx) *http.Response {
-	if resp != nil || ctx.Error == nil {
-		return resp
-	}
-	return textResponse(ctx.Req, http.StatusBadGateway, proxyStatus(proxyStatusForDialError(ctx.Error), ""),
-		"Balise : destination injoignable / destination unreachable\n")
 }
 
 func blockResponse(r *http.Request, body []byte) *http.Response {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -58,40 +59,50 @@ func (l *localAddrs) has(a netip.Addr) bool {
 	return l.set[a]
 }
 
-// isSelfAddr reports whether ap is exactly one of Balise's listener
-// addresses.
-func (p *Proxy) isSelfAddr(ap netip.AddrPort) bool {
-	p.selfMu.RLock()
-	defer p.selfMu.RUnlock()
-	return p.self[ap.String()]
+// literalAddrPort returns host (an IP literal, unbracketed) and port
+// (decimal) as an address; ok is false when host is a name.
+func literalAddrPort(host, port string) (netip.AddrPort, bool) {
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(a, uint16(n)), true
 }
 
 // isLoop reports whether orig, the original destination of c (accepted
-// on a transparent listener), is Balise itself: one of its listener
-// addresses, or a local address of this host (loopback, unspecified, the
-// connection's own local address outside TPROXY mode, or an interface
-// address) on one of Balise's listening ports. Only a destination on one
-// of those ports costs more than a map look-up.
+// on a transparent listener), is Balise itself, in any form (IPv4-mapped,
+// NAT64, 6to4...): one of the proxy's listeners, or a local address of
+// this host (loopback, unspecified, the connection's own local address
+// outside TPROXY mode, or an interface address) on one of the proxy's
+// listening ports. Only a destination on one of those ports costs more
+// than a map look-up.
 func (p *Proxy) isLoop(c net.Conn, orig netip.AddrPort) bool {
-	if p.isSelfAddr(orig) {
-		return true
-	}
 	p.selfMu.RLock()
 	ours := p.selfPorts[orig.Port()]
 	p.selfMu.RUnlock()
 	if !ours {
 		return false
 	}
-	a := orig.Addr().Unmap()
-	if a.IsLoopback() || a.IsUnspecified() {
+	if p.dests.isOwn(orig, true) {
 		return true
 	}
+	var local netip.Addr
 	// With TPROXY the local address is the original destination even when
 	// it is a remote host, so only the interface list tells.
 	if !p.opts.TPROXY && c != nil {
-		if l, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil && l.Addr().Unmap() == a {
+		if l, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
+			local = l.Addr().Unmap().WithZone("")
+		}
+	}
+	fs, n := forms(orig.Addr())
+	for _, a := range fs[:n] {
+		if a.IsLoopback() || a.IsUnspecified() || a == local || p.local.has(a) {
 			return true
 		}
 	}
-	return p.local.has(a)
+	return false
 }

@@ -155,6 +155,7 @@ func TestIsLoop(t *testing.T) {
 	defer ln.Close()
 	e.p.addSelf(&net.TCPAddr{IP: net.IPv6unspecified, Port: 3130})
 	e.p.addSelf(ln.Addr())
+	e.p.addSelf(&net.TCPAddr{IP: net.ParseIP("203.0.113.5"), Port: 3131}) // a TPROXY listener's address, not an interface's
 	lport := ln.Addr().(*net.TCPAddr).Port
 	e.p.local.list = func() ([]net.Addr, error) {
 		return []net.Addr{
@@ -183,6 +184,13 @@ func TestIsLoop(t *testing.T) {
 		{"192.0.2.1:3130", "192.0.2.1:22", false, false}, // not one of Balise's ports
 		{"192.0.2.1:3130", fmt.Sprintf("127.0.0.1:%d", lport), false, true},
 		{"192.0.2.1:3130", fmt.Sprintf("192.0.2.1:%d", lport), false, true},
+		// The listener's own address in mapped, NAT64 and 6to4 forms.
+		{"[::ffff:203.0.113.5]:3131", "[::ffff:203.0.113.5]:3131", true, true},
+		{"203.0.113.5:3131", "203.0.113.5:3131", true, true},
+		{"203.0.113.6:3131", "203.0.113.6:3131", true, false},
+		{"192.0.2.1:3130", "[64:ff9b::7f00:1]:3130", false, true},
+		{"192.0.2.1:3130", "[2002:c000:201::1]:3130", false, true},
+		{"192.0.2.1:3130", "[64:ff9b::c633:6407]:3130", false, false}, // 198.51.100.7
 	}
 	for _, tt := range tests {
 		e.p.opts.TPROXY = tt.tproxy

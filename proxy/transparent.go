@@ -60,11 +60,16 @@ func (p *Proxy) StartTransparentHTTP(ctx context.Context, ln net.Listener) <-cha
 	gp := goproxy.NewProxyHttpServer()
 	gp.Logger = log.New(io.Discard, "", 0)
 	gp.Tr = p.tr
+	// A CONNECT sent to this port is tunnelled the way tunnels are dialled
+	// (destinations checked, through the parent if any), never through
+	// goproxy's own dialer or HTTPS_PROXY.
+	gp.ConnectDialWithReq = func(r *http.Request, _, addr string) (net.Conn, error) { return p.dial.dialTunnel(r.Context(), addr) }
 	gp.KeepAcceptEncoding = true
 	gp.OnRequest().DoFunc(func(r *http.Request, _ *goproxy.ProxyCtx) (*http.Request, *http.Response) {
 		r.Header.Add("Via", "1.1 "+p.via)
 		return r, nil
 	})
+	gp.OnResponse().DoFunc(p.onUpstreamError(modeTransparent))
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serveTransparentHTTP(gp, w, r) }),
 		ReadHeaderTimeout: p.opts.HeaderTimeout,
@@ -271,6 +276,9 @@ func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
 	}
 	origin, err := p.dial.dialTunnel(ctx, orig.String())
 	if err != nil {
+		if _, refused := p.refusedDestination(err, modeTransparent, client, orig.String()); refused {
+			c.Write(tlsAccessDenied)
+		}
 		c.Close()
 		return
 	}

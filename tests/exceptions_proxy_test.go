@@ -76,6 +76,8 @@ upstreams = [%q]
 [proxy]
 listen = "127.0.0.1:0"
 resolver = %q
+# The test sites listen on loopback, which the proxy otherwise refuses.
+allow_destinations = ["127.0.0.0/8", "::1/128"]
 `, dnsAddr, dnsAddr) + exceptionsConfig + extra
 }
 

@@ -84,8 +84,11 @@ func pxOrigins(t *testing.T) (httpPort, httpsPort string) {
 }
 
 // pxConfig lists e2e-social.test (display name "E2E Social"), blocked by
-// default and allowed for the group of 127.0.0.2. proxyExtra is appended
-// to [proxy]; tail comes after it (e.g. [proxy.tls], [[schedule]]).
+// default and allowed for the group of 127.0.0.2. The origins of these
+// tests listen on loopback, so allow_destinations exempts it (Balise's
+// own listeners stay refused: destinations_test.go). proxyExtra is
+// appended to [proxy]; tail comes after it (e.g. [proxy.tls],
+// [[schedule]]).
 func pxConfig(resolver, httpsPort, proxyExtra, tail string) string {
 	return fmt.Sprintf(`
 timezone = "UTC"
@@ -120,6 +123,7 @@ upstreams = ["127.0.0.1:1"]
 listen = "127.0.0.1:0"
 resolver = %q
 connect_ports = [443, %s]
+allow_destinations = ["127.0.0.0/8", "::1/128"]
 %s
 %s`, resolver, httpsPort, proxyExtra, tail)
 }

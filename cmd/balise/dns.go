@@ -33,6 +33,7 @@ func startDNS(ctx context.Context, rt *runtime) error {
 	if err := f.Start(ctx); err != nil {
 		return err
 	}
+	rt.addListeners(f.Addrs()...)
 	rt.addReady("dns-upstreams", f.Ready)
 	if probe := selfProbe(f.Addrs()); probe != nil {
 		rt.addLive("dns", probe)

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
+	"slices"
 
 	"github.com/balise-net/balise/config"
 	"github.com/balise-net/balise/proxy"
@@ -107,6 +109,9 @@ func proxyOptions(cfg *config.Config, rt *runtime) (proxy.Options, error) {
 		ServiceHosts:          serviceHosts(cfg),
 		TPROXY:                pc.TransparentMode == "tproxy",
 		DenyNoSNI:             pc.NoSNI == "deny",
+		DenyDestinations:      pc.DenyDestinations,
+		AllowDestinations:     pc.AllowDestinations,
+		OwnListeners:          rt.ownListeners(),
 	}
 	if pc.MaxTunnelsPerClient == 0 {
 		o.MaxTunnelsPerClient = -1 // config: 0 = unlimited
@@ -135,6 +140,35 @@ func proxyOptions(cfg *config.Config, rt *runtime) (proxy.Options, error) {
 		o.Exceptions = ex
 	}
 	return o, nil
+}
+
+// addListeners records addresses Balise listens on (DNS, metrics...), so
+// that the proxy, started after them, never connects to them.
+func (rt *runtime) addListeners(addrs ...net.Addr) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	for _, a := range addrs {
+		var ip net.IP
+		var port int
+		switch v := a.(type) {
+		case *net.TCPAddr:
+			ip, port = v.IP, v.Port
+		case *net.UDPAddr:
+			ip, port = v.IP, v.Port
+		default:
+			continue
+		}
+		if x, ok := netip.AddrFromSlice(ip); ok && port > 0 && port < 65536 {
+			rt.listeners = append(rt.listeners, netip.AddrPortFrom(x.Unmap(), uint16(port)))
+		}
+	}
+}
+
+// ownListeners returns the addresses recorded by addListeners.
+func (rt *runtime) ownListeners() []netip.AddrPort {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return slices.Clone(rt.listeners)
 }
 
 // serviceHosts maps each listed service to its first domain, so that the

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -65,6 +66,9 @@ type runtime struct {
 	ready   []readyCheck
 	live    []readyCheck
 	reloads []func(*config.Config)
+	// listeners are Balise's bound listening addresses (addListeners),
+	// which the proxy never connects to.
+	listeners []netip.AddrPort
 }
 
 type readyCheck struct {

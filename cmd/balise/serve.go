@@ -132,6 +132,9 @@ func (s *server) run(parent context.Context, sigs <-chan os.Signal) int {
 		log.Error("cannot listen", "service", "metrics", "error", err)
 		return exitInvalid
 	}
+	for _, sv := range servers {
+		s.rt.addListeners(sv.ln.Addr())
+	}
 	wg.Go(func() { serveHTTP(ctx, servers, log) })
 	wg.Go(func() { s.rt.decisions.Run(ctx, s.now) })
 
