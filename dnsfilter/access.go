@@ -76,10 +76,21 @@ func (a *access) allows(client netip.Addr) bool {
 }
 
 // SetAccess replaces the access settings while the filter serves: new
-// queries and new TCP connections follow them at once; open TCP
-// connections take the new idle timeout at their next query.
+// queries and new TCP connections follow them at once, and open TCP
+// connections waiting for a query get the new idle timeout counted from
+// their last query (so a shorter one closes them at once when they have
+// waited longer already). Connections a client holds beyond a lower
+// MaxTCPPerClient stay until they end.
 func (f *Filter) SetAccess(a Access) {
-	f.access.Store(newAccess(a))
+	ac := newAccess(a)
+	f.access.Store(ac)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for tc := range f.tcpConns {
+		if since := tc.idleSince.Load(); since != 0 {
+			tc.c.SetReadDeadline(time.Unix(0, since).Add(ac.idle))
+		}
+	}
 }
 
 // clientKey is the unit the TCP connection limit counts by: an IPv4

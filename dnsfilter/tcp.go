@@ -106,7 +106,7 @@ func (f *Filter) admit(c net.Conn) {
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		f.serveConn(tc, acc)
+		f.serveConn(tc)
 		f.mu.Lock()
 		f.dropLocked(tc)
 		f.mu.Unlock()
@@ -165,17 +165,22 @@ func (f *Filter) dropLocked(tc *tcpConn) {
 // order, until the client closes it, stays idle for the idle timeout, or
 // sends a frame larger than any query. A client outside AllowedClients
 // gets its REFUSED answer and the connection is closed.
-func (f *Filter) serveConn(tc *tcpConn, acc *access) {
+func (f *Filter) serveConn(tc *tcpConn) {
 	c := tc.c
 	r := bufio.NewReaderSize(c, 1024)
 	s := newScratch()
 	var buf []byte
 	for {
-		if cur := f.access.Load(); cur != nil {
+		idle := time.Now()
+		tc.idleSince.Store(idle.UnixNano())
+		acc := f.access.Load()
+		c.SetReadDeadline(idle.Add(acc.idle))
+		if cur := f.access.Load(); cur != acc {
+			// SetAccess ran meanwhile and may have set the deadline
+			// before this goroutine: set it again.
 			acc = cur
+			c.SetReadDeadline(idle.Add(acc.idle))
 		}
-		tc.idleSince.Store(time.Now().UnixNano())
-		c.SetReadDeadline(time.Now().Add(acc.idle))
 		hi, err := r.ReadByte()
 		if err != nil {
 			return
