@@ -314,3 +314,47 @@ func TestTCPEviction(t *testing.T) {
 		t.Error("ninth client with eight single-connection clients: connection kept, want it closed")
 	}
 }
+
+// Over its rate limit, a client outside AllowedClients gets no answer at
+// all (REFUSED answers cannot be reflected faster than the limit).
+func TestOutsideClientRateLimited(t *testing.T) {
+	up := newStub(t)
+	f := startFilter(t, []string{up.addr}, func(o *Options) {
+		o.Access.AllowedClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+		o.RateLimit = 1
+		o.RateBurst = 3
+	})
+	c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP("127.0.0.2")}, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(f.addr)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 10 {
+		m := new(dns.Msg)
+		m.SetQuestion("spoof.example.org.", dns.TypeA)
+		m.Id = uint16(i + 1)
+		b, _ := m.Pack()
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refused := 0
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 512)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			break
+		}
+		var r dns.Msg
+		if r.Unpack(buf[:n]) == nil && r.Rcode == dns.RcodeRefused {
+			refused++
+		}
+	}
+	if refused != 3 {
+		t.Errorf("outside client, 10 queries at once with burst 3: %d REFUSED answers, want 3 (the rest unanswered)", refused)
+	}
+	if got := value(t, f.m.rateLimited); got != 7 {
+		t.Errorf("rate limited counter = %v, want 7", got)
+	}
+}

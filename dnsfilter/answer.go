@@ -53,6 +53,13 @@ func (f *Filter) serve(s *scratch, pkt []byte, client netip.Addr, p proto, start
 		if res == parseDrop {
 			return nil, false
 		}
+		if md != modeResume && !f.limiter.allow(client, start.UnixNano()) {
+			// An outsider over its rate: no answer at all, so that
+			// REFUSED answers cannot be reflected at a spoofed source
+			// faster than the rate limit.
+			f.m.rateLimited.Inc()
+			return nil, false
+		}
 		var name string
 		if res == parseOK {
 			name = s.q.host
