@@ -168,7 +168,10 @@ func dnsOptions(c config.DNSSection, rt *runtime) dnsfilter.Options {
 // selfProbe returns a liveness check that asks the filter's first UDP
 // listener for _dns.resolver.arpa, a name the filter answers itself
 // without any upstream: it proves the serving loop still answers, whatever
-// the upstreams do. Nil when no UDP listener is bound.
+// the upstreams do. A REFUSED answer counts (when loopback or the
+// listener's own address is outside dns.allowed_clients, the probe is
+// refused and counted like any outsider). Nil when no UDP listener is
+// bound.
 func selfProbe(addrs []net.Addr) func() error {
 	for _, a := range addrs {
 		u, ok := a.(*net.UDPAddr)
@@ -192,7 +195,9 @@ func selfProbe(addrs []net.Addr) func() error {
 			if err != nil {
 				return fmt.Errorf("self-query to %s: %w", target, err)
 			}
-			if r.Rcode != dns.RcodeSuccess {
+			// REFUSED proves the serving loop as well: the probe's source
+			// address may be outside dns.allowed_clients.
+			if r.Rcode != dns.RcodeSuccess && r.Rcode != dns.RcodeRefused {
 				return fmt.Errorf("self-query to %s: %s", target, dns.RcodeToString[r.Rcode])
 			}
 			return nil

@@ -124,3 +124,30 @@ func TestDNSRestartKeys(t *testing.T) {
 		t.Errorf("dnsAccess(default) = %+v, want refuse_any, 16 per client, 10s, loopback", a)
 	}
 }
+
+// The self-probe counts a REFUSED answer as alive: with loopback outside
+// dns.allowed_clients the watchdog must not restart a healthy filter.
+func TestDNSSelfProbeRefused(t *testing.T) {
+	p, err := policy.New(policy.Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ptr atomic.Pointer[policy.Policy]
+	ptr.Store(p)
+	f, err := dnsfilter.New(dnsfilter.Options{
+		Listen:    []string{"127.0.0.1:0"},
+		Upstreams: []string{"127.0.0.1:1"},
+		Policy:    &ptr,
+		Access:    dnsfilter.Access{AllowedClients: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer f.Shutdown(context.Background())
+	if err := selfProbe(f.Addrs())(); err != nil {
+		t.Fatalf("probe of a running filter that refuses loopback: %v", err)
+	}
+}
