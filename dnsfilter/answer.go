@@ -53,7 +53,11 @@ func (f *Filter) serve(s *scratch, pkt []byte, client netip.Addr, p proto, start
 		if res == parseDrop {
 			return nil, false
 		}
-		if md != modeResume && !f.limiter.allow(client, start.UnixNano()) {
+		now := start
+		if !f.realClock {
+			now = f.s.Clock()
+		}
+		if md != modeResume && !f.limiter.allow(client, now.UnixNano()) {
 			// An outsider over its rate: no answer at all, so that
 			// REFUSED answers cannot be reflected at a spoofed source
 			// faster than the rate limit.
