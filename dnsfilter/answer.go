@@ -18,6 +18,10 @@ import (
 // resolver, so browsers and operating systems keep using it.
 const ddrName = "_dns.resolver.arpa"
 
+// rfc8482TTL is the TTL of the HINFO answered to ANY queries: RFC 8482
+// advises 3600 to 86400 s, to discourage repeated ANY queries.
+const rfc8482TTL = 3600
+
 // minPrefetchLife is the shortest cache lifetime for which an entry is
 // refreshed before it expires.
 const minPrefetchLife = int64(10 * time.Second)
@@ -41,6 +45,33 @@ const (
 // upstream. The answer aliases s.out.
 func (f *Filter) serve(s *scratch, pkt []byte, client netip.Addr, p proto, start time.Time, md mode) (out []byte, pending bool) {
 	out = s.out[:0]
+	acc := f.access.Load()
+	if !acc.allows(client) {
+		// Never an open resolver: outsiders learn nothing, not even what
+		// the cache holds, and cost no upstream work.
+		res := parseQuery(pkt, s)
+		if res == parseDrop {
+			return nil, false
+		}
+		now := start
+		if !f.realClock {
+			now = f.s.Clock()
+		}
+		if md != modeResume && !f.limiter.allow(client, now.UnixNano()) {
+			// An outsider over its rate: no answer at all, so that
+			// REFUSED answers cannot be reflected at a spoofed source
+			// faster than the rate limit.
+			f.m.rateLimited.Inc()
+			return nil, false
+		}
+		var name string
+		if res == parseOK {
+			name = s.q.host
+		}
+		f.refuse(refusalClient, p, client, name)
+		f.m.count(p, verdictRefused, reasonClient)
+		return errorResponse(out, pkt, &s.q, dns.RcodeRefused), false
+	}
 	res := parseQuery(pkt, s)
 	if res == parseIrregular {
 		res = parseFormErr
@@ -104,6 +135,17 @@ func (f *Filter) serve(s *scratch, pkt []byte, client netip.Addr, p proto, start
 		if d.Verdict == policy.Block {
 			return f.block(s, pkt, client, p, now, d), false
 		}
+	}
+	if q.qtype == dns.TypeANY && !acc.forwardAny {
+		// RFC 8482: ANY gets one synthesized HINFO instead of everything
+		// upstream knows (a favourite of reflection attacks).
+		f.refuse(refusalAny, p, client, "")
+		f.m.count(p, verdictRefused, reasonAny)
+		ttl := uint32(rfc8482TTL)
+		if route == nil {
+			ttl = min(ttl, ttlUntil(d, now))
+		}
+		return appendRFC8482(out, pkt, q, ttl), false
 	}
 	var e *entry
 	if f.cache != nil {

@@ -18,6 +18,15 @@
 //   - a CNAME chain is checked link by link (Query.CNAMETarget), so that an
 //     allowed name cloaking a blocked service is blocked.
 //
+// The filter is never an open resolver: a query from outside
+// Access.AllowedClients (loopback by default) gets REFUSED before the
+// cache or an upstream is touched. ANY queries get the RFC 8482 answer.
+// DNS over TCP is bounded per client, by an idle timeout and in total,
+// with the longest-idle connection of the busiest client giving way to a
+// newcomer when every slot is taken (see tcp.go). These access settings
+// change while serving (SetAccess); refusals are counted in
+// balise_dns_refusals_total{reason} and logged at a bounded rate.
+//
 // The cache stores upstream answers per (name, type, class, DO and CD
 // bits), never per client: the decision is applied after the cache, for
 // each client, so an answer cannot leak from one group to another. Cached

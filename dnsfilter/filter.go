@@ -1,12 +1,9 @@
 package dnsfilter
 
 import (
-	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -34,8 +31,12 @@ type Filter struct {
 	resolveTimeout time.Duration
 	// pendingSem bounds the UDP queries waiting for an upstream.
 	pendingSem chan struct{}
-	// tcpSem bounds the open TCP connections.
-	tcpSem chan struct{}
+	// maxTCP bounds the open TCP connections of all clients.
+	maxTCP int
+	// access is the current Access (SetAccess).
+	access atomic.Pointer[access]
+
+	refusalLog refusalLog
 
 	flightMu sync.Mutex
 	flights  map[string]*flight
@@ -45,11 +46,14 @@ type Filter struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu       sync.Mutex
-	started  bool
-	udp      []*net.UDPConn
-	tcp      []net.Listener
-	tcpConns map[net.Conn]struct{}
+	mu      sync.Mutex
+	started bool
+	udp     []*net.UDPConn
+	tcp     []net.Listener
+	// tcpConns are the open TCP connections, tcpPer their number per
+	// clientKey.
+	tcpConns map[*tcpConn]struct{}
+	tcpPer   map[netip.Addr]int
 	addrs    []net.Addr
 	closed   atomic.Bool
 }
@@ -58,11 +62,9 @@ type Filter struct {
 // it, new ones get SERVFAIL at once.
 const maxPending = 8192
 
-// maxTCPConns bounds the open TCP connections.
+// maxTCPConns bounds the open TCP connections of all clients, and so the
+// goroutines and buffers they hold.
 const maxTCPConns = 1024
-
-// tcpIdle is how long a TCP connection may stay without a query.
-const tcpIdle = 10 * time.Second
 
 // New checks opts and returns a Filter that is not serving yet. It
 // registers the filter's metrics on opts.Registerer.
@@ -75,21 +77,23 @@ func New(opts Options) (*Filter, error) {
 		s:          s,
 		limiter:    newLimiter(s.RateLimit, s.RateBurst, s.RateLimitExempt),
 		pendingSem: make(chan struct{}, maxPending),
-		tcpSem:     make(chan struct{}, maxTCPConns),
+		maxTCP:     maxTCPConns,
 		flights:    make(map[string]*flight),
-		tcpConns:   make(map[net.Conn]struct{}),
+		tcpConns:   make(map[*tcpConn]struct{}),
+		tcpPer:     make(map[netip.Addr]int),
 		realClock:  opts.Clock == nil,
 		batch:      !opts.UDPNoBatch,
 	}
 	if s.CacheSize > 0 {
 		f.cache = newCache(s.CacheSize, s.StaleMaxAge.Nanoseconds())
 	}
+	f.access.Store(newAccess(opts.Access))
 	f.m = newMetrics(func() int {
 		if f.cache == nil {
 			return 0
 		}
 		return f.cache.len()
-	})
+	}, f.tcpOpen)
 	f.upstreams = f.newPool(s.Upstreams)
 	for _, fw := range s.Forward {
 		zone := strings.TrimSuffix(strings.ToLower(fw.Zone), ".")
@@ -252,8 +256,8 @@ func (f *Filter) closeLocked() {
 	for _, l := range f.tcp {
 		l.Close()
 	}
-	for c := range f.tcpConns {
-		c.Close()
+	for tc := range f.tcpConns {
+		tc.c.Close()
 	}
 }
 
@@ -345,88 +349,6 @@ func (f *Filter) serveUDP(c *net.UDPConn) {
 }
 
 var scratchPool = sync.Pool{New: func() any { return newScratch() }}
-
-func (f *Filter) serveTCP(l net.Listener) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if f.closed.Load() || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		select {
-		case f.tcpSem <- struct{}{}:
-		default:
-			c.Close()
-			continue
-		}
-		f.mu.Lock()
-		if f.closed.Load() {
-			f.mu.Unlock()
-			c.Close()
-			<-f.tcpSem
-			return
-		}
-		f.tcpConns[c] = struct{}{}
-		f.mu.Unlock()
-		f.wg.Add(1)
-		go func() {
-			defer f.wg.Done()
-			f.serveConn(c)
-			f.mu.Lock()
-			delete(f.tcpConns, c)
-			f.mu.Unlock()
-			c.Close()
-			<-f.tcpSem
-		}()
-	}
-}
-
-// serveConn answers the length-prefixed queries of one TCP connection, in
-// order. A frame larger than any query closes the connection.
-func (f *Filter) serveConn(c net.Conn) {
-	var client netip.Addr
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		client = ta.AddrPort().Addr().Unmap()
-	}
-	r := bufio.NewReaderSize(c, 1024)
-	s := newScratch()
-	buf := make([]byte, maxQuery)
-	var lenBuf [2]byte
-	for {
-		c.SetReadDeadline(time.Now().Add(tcpIdle))
-		if _, err := io.ReadFull(r, lenBuf[:]); err != nil {
-			return
-		}
-		n := int(binary.BigEndian.Uint16(lenBuf[:]))
-		if n > maxQuery {
-			f.m.malformed[malOversized].Inc()
-			return
-		}
-		if _, err := io.ReadFull(r, buf[:n]); err != nil {
-			return
-		}
-		start := time.Now()
-		out, _ := f.serve(s, buf[:n], client, protoTCP, start, modeWait)
-		if out == nil {
-			return
-		}
-		frame := make([]byte, 2, 2+len(out))
-		binary.BigEndian.PutUint16(frame, uint16(len(out)))
-		frame = append(frame, out...)
-		c.SetWriteDeadline(time.Now().Add(tcpIdle))
-		if _, err := c.Write(frame); err != nil {
-			return
-		}
-		f.m.duration[protoTCP].Observe(time.Since(start).Seconds())
-	}
-}
 
 // ServeDNS answers r as a dns.Handler, applying the same cache, policy
 // and limits as the filter's own listeners.

@@ -56,7 +56,7 @@ func FuzzServe(f *testing.F) {
 		name  string
 		qtype uint16
 		edns  bool
-	}{{"cached.example.org.", dns.TypeA, false}, {"plain.example.org.", dns.TypeA, false}, {"www.facebook.com.", dns.TypeHTTPS, true}, {"_dns.resolver.arpa.", dns.TypeSVCB, true}, {"use-application-dns.net.", dns.TypeA, false}, {".", dns.TypeNS, true}} {
+	}{{"cached.example.org.", dns.TypeA, false}, {"plain.example.org.", dns.TypeA, false}, {"www.facebook.com.", dns.TypeHTTPS, true}, {"_dns.resolver.arpa.", dns.TypeSVCB, true}, {"use-application-dns.net.", dns.TypeA, false}, {".", dns.TypeNS, true}, {"plain.example.org.", dns.TypeANY, true}} {
 		m := new(dns.Msg)
 		m.SetQuestion(q.name, q.qtype)
 		if q.edns {
@@ -68,10 +68,11 @@ func FuzzServe(f *testing.F) {
 	f.Add([]byte{0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0})
 	filter := fuzzFilter(f)
 	s := newScratch()
-	client := netip.MustParseAddr("127.0.0.1")
+	// An allowed client, and one outside AllowedClients (REFUSED path).
+	clients := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("192.0.2.9")}
 	f.Fuzz(func(t *testing.T, pkt []byte) {
-		for _, md := range []mode{modeFirst} {
-			out, pending := filter.serve(s, pkt, client, protoUDP, time.Now(), md)
+		for _, client := range clients {
+			out, pending := filter.serve(s, pkt, client, protoUDP, time.Now(), modeFirst)
 			if out == nil {
 				continue
 			}
@@ -84,6 +85,9 @@ func FuzzServe(f *testing.F) {
 			}
 			if !m.Response || binary.BigEndian.Uint16(out) != binary.BigEndian.Uint16(pkt) {
 				t.Fatalf("answer is not a response to the query: %v", &m)
+			}
+			if client != clients[0] && (m.Rcode != dns.RcodeRefused || len(m.Answer)+len(m.Ns) != 0) {
+				t.Fatalf("answer to a client outside allowed_clients: %v, want REFUSED and nothing else", &m)
 			}
 		}
 	})

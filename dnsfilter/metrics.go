@@ -39,14 +39,16 @@ var (
 	reasonUpstream   = numPolicyReasons + 4 // every upstream failed, nothing stale
 	reasonNoPolicy   = numPolicyReasons + 5
 	reasonTransfer   = numPolicyReasons + 6 // AXFR, IXFR
-	numReasons       = numPolicyReasons + 7
+	reasonClient     = numPolicyReasons + 7 // outside AllowedClients
+	reasonAny        = numPolicyReasons + 8 // ANY, answered per RFC 8482
+	numReasons       = numPolicyReasons + 9
 )
 
 func reasonName(r int) string {
 	if r < numPolicyReasons {
 		return policy.Reason(r).String()
 	}
-	return [...]string{"forward", "ddr", "ratelimit", "malformed", "upstream", "nopolicy", "transfer"}[r-numPolicyReasons]
+	return [...]string{"forward", "ddr", "ratelimit", "malformed", "upstream", "nopolicy", "transfer", "client", "any"}[r-numPolicyReasons]
 }
 
 // Kinds of balise_dns_malformed_total.
@@ -71,6 +73,7 @@ type metrics struct {
 	stale       prometheus.Counter
 	malformed   [numMalformed]prometheus.Counter
 	rateLimited prometheus.Counter
+	refusals    [numRefusals]prometheus.Counter
 	upstreamUp  *prometheus.GaugeVec
 
 	upstreamDuration *prometheus.HistogramVec
@@ -78,7 +81,7 @@ type metrics struct {
 	collectors       []prometheus.Collector
 }
 
-func newMetrics(cacheLen func() int) *metrics {
+func newMetrics(cacheLen, tcpConns func() int) *metrics {
 	m := &metrics{}
 	queries := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "balise_dns_queries_total",
@@ -108,6 +111,8 @@ func newMetrics(cacheLen func() int) *metrics {
 		add(verdictAllow, reasonDDR)
 		add(verdictRefused, reasonRateLimit)
 		add(verdictRefused, reasonTransfer)
+		add(verdictRefused, reasonClient)
+		add(verdictRefused, reasonAny)
 		add(verdictError, reasonMalformed)
 		add(verdictError, reasonUpstream)
 		add(verdictError, reasonNoPolicy)
@@ -121,6 +126,14 @@ func newMetrics(cacheLen func() int) *metrics {
 		m.malformed[i] = malformed.WithLabelValues(k)
 	}
 	m.rateLimited = prometheus.NewCounter(prometheus.CounterOpts{Name: "balise_dns_rate_limited_total", Help: "DNS queries refused because their client exceeded its rate limit."})
+	refusals := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "balise_dns_refusals_total",
+		Help: "DNS queries and TCP connections refused for what they are, by reason: client (outside allowed_clients), any (ANY query answered per RFC 8482), tcp_limit (over the per-client or total TCP connection limit), tcp_evicted (idle connection closed to admit another client).",
+	}, []string{"reason"})
+	for i, r := range refusalNames {
+		m.refusals[i] = refusals.WithLabelValues(r)
+	}
+	tcp := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "balise_dns_tcp_connections", Help: "Open DNS-over-TCP client connections."}, func() float64 { return float64(tcpConns()) })
 	m.upstreamUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "balise_dns_upstream_up", Help: "1 when the upstream resolver answers, 0 after consecutive failures."}, []string{"upstream"})
 	m.upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "balise_dns_upstream_request_duration_seconds",
@@ -128,7 +141,7 @@ func newMetrics(cacheLen func() int) *metrics {
 		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5},
 	}, []string{"upstream"})
 	m.upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "balise_dns_upstream_errors_total", Help: "Failed exchanges with an upstream resolver, by kind."}, []string{"upstream", "kind"})
-	m.collectors = []prometheus.Collector{queries, duration, m.cacheHits, m.cacheMisses, entries, m.stale, malformed, m.rateLimited, m.upstreamUp, m.upstreamDuration, m.upstreamErrors}
+	m.collectors = []prometheus.Collector{queries, duration, m.cacheHits, m.cacheMisses, entries, m.stale, malformed, m.rateLimited, refusals, tcp, m.upstreamUp, m.upstreamDuration, m.upstreamErrors}
 	return m
 }
 

@@ -97,6 +97,13 @@ type Options struct {
 	// forward their own clients' queries to Balise. Nil: none.
 	RateLimitExempt []netip.Prefix
 
+	// Access says who may query the filter (AllowedClients), bounds DNS
+	// over TCP per client, and says how ANY queries are answered; see
+	// Access for each field's zero value (loopback only, 16 connections
+	// per client, 10 s idle timeout, RFC 8482 answer to ANY). SetAccess
+	// changes it while serving.
+	Access Access
+
 	// Policy holds the current policy; Decide is called on what it points
 	// to for every query, so storing a new policy is a reload. Required.
 	Policy *atomic.Pointer[policy.Policy]

@@ -362,6 +362,35 @@ func synthesize(out []byte, pkt []byte, q *query, rcode int, addrs []netip.Addr,
 	return out
 }
 
+// hinfoRFC8482 is the RDATA of the HINFO answered to ANY queries: CPU
+// "RFC8482", OS "" (RFC 8482 section 4.2).
+var hinfoRFC8482 = []byte("\x07RFC8482\x00")
+
+// appendRFC8482 appends the answer to an ANY query q of RFC 8482: one
+// HINFO record "RFC8482" "" for the question's name, with ttl.
+func appendRFC8482(out []byte, pkt []byte, q *query, ttl uint32) []byte {
+	var ar uint16
+	if q.edns {
+		ar = 1
+	}
+	out = appendHeader(out, q, dns.RcodeSuccess, 1, 1, 0, ar)
+	out = append(out, pkt[headerLen:q.qEnd]...)
+	class := q.qclass
+	if class == dns.ClassANY || class == dns.ClassNONE {
+		class = dns.ClassINET
+	}
+	out = append(out, 0xC0, headerLen)
+	out = binary.BigEndian.AppendUint16(out, dns.TypeHINFO)
+	out = binary.BigEndian.AppendUint16(out, class)
+	out = binary.BigEndian.AppendUint32(out, ttl)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(hinfoRFC8482)))
+	out = append(out, hinfoRFC8482...)
+	if q.edns {
+		out = appendOPT(out, q, dns.RcodeSuccess, -1, "")
+	}
+	return out
+}
+
 var errWire = errors.New("malformed message")
 
 // skipName returns the offset after the name at p.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/miekg/dns"
@@ -19,11 +21,14 @@ import (
 // filter off.
 //
 // A reload changes the policy the filter applies at once (it reads
-// rt.policy on every query); changes to [dns] itself take effect at the
-// next restart, and the reload says so in the log.
+// rt.policy on every query), and so do allowed_clients,
+// max_tcp_per_client, tcp_idle_timeout and refuse_any (SetAccess). The
+// other [dns] keys take effect at the next restart: the reload names those
+// that changed in a warning.
 func startDNS(ctx context.Context, rt *runtime) error {
 	c := rt.cfg.DNS
 	if len(c.Listen) == 0 {
+		rt.onReload(func(nc *config.Config) { warnDNSRestart(rt, c, nc.DNS) })
 		return nil
 	}
 	f, err := dnsfilter.New(dnsOptions(c, rt))
@@ -39,9 +44,8 @@ func startDNS(ctx context.Context, rt *runtime) error {
 		rt.addLive("dns", probe)
 	}
 	rt.onReload(func(nc *config.Config) {
-		if !reflect.DeepEqual(nc.DNS, c) {
-			rt.log.Warn("[dns] changed: the new settings take effect at the next restart; the new policy is in force now")
-		}
+		f.SetAccess(dnsAccess(nc.DNS))
+		warnDNSRestart(rt, c, nc.DNS)
 	})
 	rt.wg.Go(func() {
 		<-ctx.Done()
@@ -52,6 +56,79 @@ func startDNS(ctx context.Context, rt *runtime) error {
 		}
 	})
 	return nil
+}
+
+// warnDNSRestart logs which [dns] keys changed between the running
+// settings and the reloaded ones that apply only at the next restart.
+func warnDNSRestart(rt *runtime, running, reloaded config.DNSSection) {
+	keys := dnsRestartKeys(running, reloaded)
+	if len(keys) == 0 {
+		return
+	}
+	rt.log.Warn("[dns] changed: these keys take effect at the next restart; the new policy, allowed_clients, TCP limits and refuse_any are in force now",
+		"keys", strings.Join(keys, ", "))
+}
+
+// dnsReloadFields maps each [dns] key a reload applies at once
+// (SetAccess) to its field of config.DNSSection.
+func dnsReloadFields() map[string]string {
+	return map[string]string{
+		"dns.allowed_clients":    "AllowedClients",
+		"dns.max_tcp_per_client": "MaxTCPPerClient",
+		"dns.tcp_idle_timeout":   "TCPIdleTimeout",
+		"dns.refuse_any":         "RefuseAny",
+	}
+}
+
+// dnsRestartFields maps each [dns] key that applies only at start to its
+// field of config.DNSSection. With dnsReloadFields, it covers every field
+// (a test checks it).
+func dnsRestartFields() map[string]string {
+	return map[string]string{
+		"dns.listen":            "Listen",
+		"dns.upstreams":         "Upstreams",
+		"dns.timeout":           "Timeout",
+		"dns.block_response":    "BlockResponse",
+		"dns.sinkhole":          "Sinkhole",
+		"dns.strip_ech":         "StripECH",
+		"dns.cache_size":        "CacheSize",
+		"dns.min_ttl":           "MinTTL",
+		"dns.max_ttl":           "MaxTTL",
+		"dns.blocked_ttl":       "BlockedTTL",
+		"dns.negative_ttl":      "NegativeTTL",
+		"dns.serve_stale":       "ServeStale",
+		"dns.stale_ttl":         "StaleTTL",
+		"dns.stale_max_age":     "StaleMaxAge",
+		"dns.rate_limit":        "RateLimit",
+		"dns.rate_burst":        "RateBurst",
+		"dns.rate_limit_exempt": "RateLimitExempt",
+		"dns.udp_sockets":       "UDPSockets",
+		"dns.forward":           "Forward",
+	}
+}
+
+// dnsRestartKeys returns, sorted, the [dns] keys whose value differs
+// between a and b and that apply only at the next restart.
+func dnsRestartKeys(a, b config.DNSSection) []string {
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	var keys []string
+	for key, field := range dnsRestartFields() {
+		if !reflect.DeepEqual(va.FieldByName(field).Interface(), vb.FieldByName(field).Interface()) {
+			keys = append(keys, key)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// dnsAccess maps the reloadable [dns] keys onto the filter's Access.
+func dnsAccess(c config.DNSSection) dnsfilter.Access {
+	return dnsfilter.Access{
+		AllowedClients:  c.AllowedClients,
+		MaxTCPPerClient: c.MaxTCPPerClient,
+		TCPIdleTimeout:  c.TCPIdleTimeout,
+		ForwardAny:      !c.RefuseAny,
+	}
 }
 
 // dnsOptions maps [dns] onto the filter's options.
@@ -80,6 +157,7 @@ func dnsOptions(c config.DNSSection, rt *runtime) dnsfilter.Options {
 		RateLimit:       float64(c.RateLimit),
 		RateBurst:       c.RateBurst,
 		RateLimitExempt: c.RateLimitExempt,
+		Access:          dnsAccess(c),
 		Policy:          &rt.policy,
 		Logger:          rt.log,
 		Registerer:      rt.reg,
@@ -91,7 +169,10 @@ func dnsOptions(c config.DNSSection, rt *runtime) dnsfilter.Options {
 // selfProbe returns a liveness check that asks the filter's first UDP
 // listener for _dns.resolver.arpa, a name the filter answers itself
 // without any upstream: it proves the serving loop still answers, whatever
-// the upstreams do. Nil when no UDP listener is bound.
+// the upstreams do. A REFUSED answer counts (when loopback or the
+// listener's own address is outside dns.allowed_clients, the probe is
+// refused and counted like any outsider). Nil when no UDP listener is
+// bound.
 func selfProbe(addrs []net.Addr) func() error {
 	for _, a := range addrs {
 		u, ok := a.(*net.UDPAddr)
@@ -115,7 +196,9 @@ func selfProbe(addrs []net.Addr) func() error {
 			if err != nil {
 				return fmt.Errorf("self-query to %s: %w", target, err)
 			}
-			if r.Rcode != dns.RcodeSuccess {
+			// REFUSED proves the serving loop as well: the probe's source
+			// address may be outside dns.allowed_clients.
+			if r.Rcode != dns.RcodeSuccess && r.Rcode != dns.RcodeRefused {
 				return fmt.Errorf("self-query to %s: %s", target, dns.RcodeToString[r.Rcode])
 			}
 			return nil

@@ -5,11 +5,16 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
+	"reflect"
+	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/balise-net/balise/config"
 	"github.com/balise-net/balise/dnsfilter"
 	"github.com/balise-net/balise/internal/policy"
 )
@@ -58,5 +63,91 @@ func TestDNSSelfProbe(t *testing.T) {
 	}
 	if selfProbe(nil) != nil {
 		t.Error("selfProbe(nil) != nil")
+	}
+}
+
+// Every field of [dns] is either applied by a reload or named by the
+// restart warning, and the two sets do not overlap.
+func TestDNSReloadFieldsCoverSection(t *testing.T) {
+	fields := map[string]string{}
+	for key, f := range dnsRestartFields() {
+		fields[f] = key
+	}
+	for key, f := range dnsReloadFields() {
+		if prev, dup := fields[f]; dup {
+			t.Errorf("field %s is both %s (restart) and %s (reload)", f, prev, key)
+		}
+		fields[f] = key
+	}
+	typ := reflect.TypeOf(config.DNSSection{})
+	for i := range typ.NumField() {
+		if _, ok := fields[typ.Field(i).Name]; !ok {
+			t.Errorf("config.DNSSection.%s is neither reloadable nor in the restart warning", typ.Field(i).Name)
+		}
+		delete(fields, typ.Field(i).Name)
+	}
+	for f, key := range fields {
+		t.Errorf("%s names field %s, which config.DNSSection lacks", key, f)
+	}
+}
+
+func TestDNSRestartKeys(t *testing.T) {
+	base := config.Default().DNS
+	tests := []struct {
+		name string
+		edit func(*config.DNSSection)
+		want []string
+	}{
+		{"unchanged", func(*config.DNSSection) {}, nil},
+		{"reloadable only", func(c *config.DNSSection) {
+			c.AllowedClients = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+			c.MaxTCPPerClient = 2
+			c.TCPIdleTimeout = time.Second
+			c.RefuseAny = !c.RefuseAny
+		}, nil},
+		{"listen and timeout", func(c *config.DNSSection) {
+			c.Listen = []string{"127.0.0.1:53"}
+			c.Timeout = 2 * time.Second
+			c.AllowedClients = nil
+		}, []string{"dns.listen", "dns.timeout"}},
+		{"udp sockets", func(c *config.DNSSection) { c.UDPSockets = 3 }, []string{"dns.udp_sockets"}},
+	}
+	for _, tt := range tests {
+		c := base
+		c.Listen = slices.Clone(base.Listen)
+		tt.edit(&c)
+		if got := dnsRestartKeys(base, c); !slices.Equal(got, tt.want) {
+			t.Errorf("%s: dnsRestartKeys = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	if a := dnsAccess(base); a.ForwardAny || a.MaxTCPPerClient != 16 || a.TCPIdleTimeout != 10*time.Second || len(a.AllowedClients) != 2 {
+		t.Errorf("dnsAccess(default) = %+v, want refuse_any, 16 per client, 10s, loopback", a)
+	}
+}
+
+// The self-probe counts a REFUSED answer as alive: with loopback outside
+// dns.allowed_clients the watchdog must not restart a healthy filter.
+func TestDNSSelfProbeRefused(t *testing.T) {
+	p, err := policy.New(policy.Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ptr atomic.Pointer[policy.Policy]
+	ptr.Store(p)
+	f, err := dnsfilter.New(dnsfilter.Options{
+		Listen:    []string{"127.0.0.1:0"},
+		Upstreams: []string{"127.0.0.1:1"},
+		Policy:    &ptr,
+		Access:    dnsfilter.Access{AllowedClients: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer f.Shutdown(context.Background())
+	if err := selfProbe(f.Addrs())(); err != nil {
+		t.Fatalf("probe of a running filter that refuses loopback: %v", err)
 	}
 }
