@@ -498,7 +498,9 @@ resolver`, "listen = "+listen+"\nresolver", 1)
 	if l := in.Reload(); l.Msg() != "configuration reloaded" {
 		t.Fatalf("reload = %v", l)
 	}
-	w := in.WaitLog(from, time.Second, func(l logLine) bool { return strings.HasPrefix(l.Msg(), "[proxy] settings that take effect at the next restart") })
+	w := in.WaitLog(from, time.Second, func(l logLine) bool {
+		return strings.HasPrefix(l.Msg(), "[proxy] settings that take effect at the next restart")
+	})
 	if w.Str("keys") != "proxy.listen" || w.Str("level") != "WARN" {
 		t.Errorf("restart warning = %v, want level WARN and keys exactly proxy.listen", w)
 	}
