@@ -311,7 +311,7 @@ func (p *Proxy) onRequest(r *http.Request, _ *goproxy.ProxyCtx) (*http.Request, 
 		return r, textResponse(r, http.StatusBadRequest, proxyStatus("http_request_error", "invalid host name"), "Balise: invalid host name\n")
 	}
 	if d.Listed() && d.Verdict == policy.Allow {
-		noteAllowed(r, host, d)
+		p.noteAllowed(r, host, d, now)
 		if cur := p.opts.Policy.Load(); cur != pol {
 			// The policy changed while this was decided: Redecide may
 			// have missed the connection, so decide on the new one.

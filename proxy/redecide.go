@@ -38,19 +38,44 @@ type clientConn struct {
 	hosts    []string // listed hosts allowed on this connection
 	upgrade  bool     // an upgrade request is being handled
 	hijacked bool
+	closed   bool
+	until    time.Time   // earliest until of the decisions that allowed hosts
+	untilT   *time.Timer // re-decides cc at until
 }
 
-// allowedHost remembers that host, a listed host, was allowed on cc.
-func (cc *clientConn) allowedHost(host string) {
+// allowedHost remembers that host, a listed host, was allowed on cc by a
+// decision that holds until until (zero: no end); at until, redecide
+// runs for cc (a response or WebSocket may outlive a break).
+func (cc *clientConn) allowedHost(host string, until time.Time, now time.Time, redecide func()) {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	if slices.Contains(cc.hosts, host) {
+	if cc.closed {
 		return
 	}
-	if len(cc.hosts) == maxConnHosts {
-		cc.hosts = slices.Delete(cc.hosts, 0, 1)
+	if !slices.Contains(cc.hosts, host) {
+		if len(cc.hosts) == maxConnHosts {
+			cc.hosts = slices.Delete(cc.hosts, 0, 1)
+		}
+		cc.hosts = append(cc.hosts, host)
 	}
-	cc.hosts = append(cc.hosts, host)
+	if until.IsZero() || (!cc.until.IsZero() && !until.Before(cc.until)) {
+		return
+	}
+	cc.until = until
+	if cc.untilT != nil {
+		cc.untilT.Stop()
+	}
+	cc.untilT = time.AfterFunc(max(until.Sub(now), 10*time.Millisecond), redecide)
+}
+
+// forget stops cc's timer once the connection is gone.
+func (cc *clientConn) forget() {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	cc.closed = true
+	if cc.untilT != nil {
+		cc.untilT.Stop()
+	}
 }
 
 func (cc *clientConn) listedHosts() []string {
@@ -84,8 +109,12 @@ func (s *connSet) add(cc *clientConn) {
 
 func (s *connSet) remove(c net.Conn) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	cc := s.m[c]
 	delete(s.m, c)
+	s.mu.Unlock()
+	if cc != nil {
+		cc.forget()
+	}
 }
 
 func (s *connSet) get(c net.Conn) *clientConn {
@@ -162,15 +191,54 @@ func (p *Proxy) serveUpgrade(h http.Handler, w http.ResponseWriter, r *http.Requ
 	}
 }
 
-// noteAllowed records, on the connection r arrived on, that d allowed a
-// listed host.
-func noteAllowed(r *http.Request, host string, d policy.Decision) {
+// noteAllowed records, on the connection r arrived on, that d (taken at
+// now) allowed a listed host.
+func (p *Proxy) noteAllowed(r *http.Request, host string, d policy.Decision, now time.Time) {
 	if !d.Listed() || d.Verdict != policy.Allow {
 		return
 	}
 	if cc := connOf(r); cc != nil {
-		cc.allowedHost(host)
+		cc.allowedHost(host, d.Until, now, func() { p.redecideConnAt(cc) })
 	}
+}
+
+// redecideConnAt runs when a decision that allowed a host on cc reaches
+// its until.
+func (p *Proxy) redecideConnAt(cc *clientConn) {
+	cc.mu.Lock()
+	cc.until, cc.untilT = time.Time{}, nil
+	cc.mu.Unlock()
+	if pol := p.opts.Policy.Load(); pol != nil {
+		p.redecideConn(cc, pol, p.opts.Clock(), p.cfg())
+	}
+}
+
+// redecideConn closes cc and reports true when s no longer serves its
+// client or pol blocks a listed host it carried; otherwise the hosts'
+// new untils are armed.
+func (p *Proxy) redecideConn(cc *clientConn, pol *policy.Policy, now time.Time, s *settings) bool {
+	if !s.allows(cc.client) {
+		cc.c.Close()
+		p.lm.connsRedecided[cc.mode].Inc()
+		return true
+	}
+	hosts := cc.listedHosts()
+	ds := make([]policy.Decision, len(hosts))
+	for i, h := range hosts {
+		ds[i] = pol.Decide(policy.Query{Host: h, Client: cc.client, Time: now})
+		if ds[i].Verdict == policy.Block {
+			p.logDecision(frontOfConn(cc.mode), cc.client, h, ds[i], now)
+			cc.c.Close()
+			p.lm.connsRedecided[cc.mode].Inc()
+			return true
+		}
+	}
+	for i, h := range hosts {
+		if ds[i].Listed() {
+			cc.allowedHost(h, ds[i].Until, now, func() { p.redecideConnAt(cc) })
+		}
+	}
+	return false
 }
 
 // Redecide decides again, with the policy and settings in force, every
@@ -196,22 +264,8 @@ func (p *Proxy) Redecide() (tunnels, conns int) {
 		}
 	}
 	for _, cc := range p.conns.snapshot() {
-		if !s.allows(cc.client) {
-			cc.c.Close()
-			p.lm.connsRedecided[cc.mode].Inc()
+		if p.redecideConn(cc, pol, now, s) {
 			conns++
-			continue
-		}
-		for _, h := range cc.listedHosts() {
-			d := pol.Decide(policy.Query{Host: h, Client: cc.client, Time: now})
-			if d.Verdict != policy.Block {
-				continue
-			}
-			p.logDecision(frontOfConn(cc.mode), cc.client, h, d, now)
-			cc.c.Close()
-			p.lm.connsRedecided[cc.mode].Inc()
-			conns++
-			break
 		}
 	}
 	if tunnels+conns > 0 {

@@ -263,3 +263,62 @@ func TestRedecideUntilRearmed(t *testing.T) {
 func tlsClient(c net.Conn) *tls.Conn {
 	return tls.Client(c, &tls.Config{ServerName: "example.com", InsecureSkipVerify: true})
 }
+
+// TestRedecideTransparentHTTP covers transparent HTTP: a kept-alive
+// connection is cut by a re-decision after a revocation, and a response
+// still streaming when its grant ends is cut at the grant's end without
+// any policy change.
+func TestRedecideTransparentHTTP(t *testing.T) {
+	port := liveOrigin(t)
+	base, err := policy.New(testSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsts := &dstMap{}
+	e := startEnv(t, testSpec(), func(o *Options) { o.OriginalDestination = dsts.hook })
+	ha, _ := startTransparent(t, e)
+	dsts.set(ha, "127.0.0.1:"+port)
+	g := grantFor("127.0.0.1", "social")
+	g[0].NotAfter = time.Now().Add(1500 * time.Millisecond)
+	e.pol.Store(base.WithGrants(g))
+
+	open := func(path string) (net.Conn, *bufio.Reader, *http.Response) {
+		c, br := dialProxy(t, ha)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: www.social.test\r\n\r\n", path)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("transparent GET %s under the grant: %v %v", path, resp, err)
+		}
+		c.SetDeadline(time.Time{})
+		return c, br, resp
+	}
+	idle, idleR, resp := open("/page")
+	io.ReadAll(resp.Body)
+	stream, _, sresp := open("/stream")
+	start := time.Now()
+
+	// The grant is still in force: a re-decision keeps both.
+	if _, n := e.p.Redecide(); n != 0 {
+		t.Fatalf("Redecide with the grant in force closed %d connections, want 0", n)
+	}
+	waitClosed(t, "stream past its grant's end", stream, sresp.Body, 4*time.Second)
+	if el := time.Since(start); el < time.Second {
+		t.Errorf("stream cut after %v, want at the grant's end (about 1.5 s)", el)
+	}
+	// The idle connection carried the same host: cut at the same moment.
+	waitClosed(t, "idle connection past its grant's end", idle, idleR, time.Second)
+
+	// A new grant, then its revocation: Redecide cuts the connection.
+	e.pol.Store(base.WithGrants(grantFor("127.0.0.1", "social")))
+	again, againR, resp := open("/page")
+	io.ReadAll(resp.Body)
+	e.pol.Store(base)
+	if _, n := e.p.Redecide(); n != 1 {
+		t.Errorf("Redecide after the revocation closed %d connections, want 1", n)
+	}
+	waitClosed(t, "kept-alive transparent connection after the revocation", again, againR, 2*time.Second)
+	if got := e.metric("balise_proxy_connections_redecided_total", map[string]string{"mode": "transparent"}); got != 3 {
+		t.Errorf("connections_redecided_total{transparent} = %v, want 3", got)
+	}
+}

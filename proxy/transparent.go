@@ -121,7 +121,7 @@ func (p *Proxy) serveTransparentHTTP(gp *goproxy.ProxyHttpServer, w http.Respons
 		return
 	}
 	if d.Listed() && d.Verdict == policy.Allow {
-		noteAllowed(r, host, d)
+		p.noteAllowed(r, host, d, now)
 		if cur := p.opts.Policy.Load(); cur != pol {
 			// Changed while deciding: Redecide may have missed this.
 			pol = cur
