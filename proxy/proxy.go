@@ -146,8 +146,11 @@ func (p *Proxy) ListenAndServe(ctx context.Context, addr string) error {
 }
 
 // Serve answers proxy requests on ln until ctx ends, then closes ln, the
-// idle client connections and every tunnel, and returns nil. It logs
-// msg="listening" with service=proxy and the bound address first.
+// idle client connections and every tunnel, and returns nil. When ln
+// fails for good first (an accept error that is not temporary) it closes
+// that listener's connections and returns the error; the proxy's other
+// listeners and its tunnels go on. It logs msg="listening" with
+// service=proxy and the bound address first.
 func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	return <-p.Start(ctx, ln)
 }
