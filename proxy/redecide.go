@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/balise-net/balise/internal/policy"
@@ -39,6 +40,7 @@ type clientConn struct {
 	upgrade  bool     // an upgrade request is being handled
 	hijacked bool
 	closed   bool
+	cut      atomic.Bool // closed by a re-decision
 	until    time.Time   // earliest until of the decisions that allowed hosts
 	untilT   *time.Timer // re-decides cc at until
 }
@@ -217,10 +219,11 @@ func (p *Proxy) redecideConnAt(cc *clientConn) {
 // client or pol blocks a listed host it carried; otherwise the hosts'
 // new untils are armed.
 func (p *Proxy) redecideConn(cc *clientConn, pol *policy.Policy, now time.Time, s *settings) bool {
+	if cc.cut.Load() {
+		return false
+	}
 	if !s.allows(cc.client) {
-		cc.c.Close()
-		p.lm.connsRedecided[cc.mode].Inc()
-		return true
+		return p.cutConn(cc)
 	}
 	hosts := cc.listedHosts()
 	ds := make([]policy.Decision, len(hosts))
@@ -228,9 +231,7 @@ func (p *Proxy) redecideConn(cc *clientConn, pol *policy.Policy, now time.Time, 
 		ds[i] = pol.Decide(policy.Query{Host: h, Client: cc.client, Time: now})
 		if ds[i].Verdict == policy.Block {
 			p.logDecision(frontOfConn(cc.mode), cc.client, h, ds[i], now)
-			cc.c.Close()
-			p.lm.connsRedecided[cc.mode].Inc()
-			return true
+			return p.cutConn(cc)
 		}
 	}
 	for i, h := range hosts {
@@ -239,6 +240,17 @@ func (p *Proxy) redecideConn(cc *clientConn, pol *policy.Policy, now time.Time, 
 		}
 	}
 	return false
+}
+
+// cutConn closes cc for a re-decision, once; it reports whether this
+// call closed it.
+func (p *Proxy) cutConn(cc *clientConn) bool {
+	if !cc.cut.CompareAndSwap(false, true) {
+		return false
+	}
+	cc.c.Close()
+	p.lm.connsRedecided[cc.mode].Inc()
+	return true
 }
 
 // Redecide decides again, with the policy and settings in force, every
