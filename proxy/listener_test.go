@@ -184,3 +184,36 @@ func TestListenerFailureLeavesOthers(t *testing.T) {
 		t.Errorf("tunnel of the failed listener = %d %q, want still open", r.StatusCode, body)
 	}
 }
+
+// TestTransparentListenerFailure stops the transparent HTTPS listener for
+// good: Start's channel reports it, it is counted, and the explicit
+// listener still opens tunnels.
+func TestTransparentListenerFailure(t *testing.T) {
+	_, roots, port := originTLS(t)
+	e := startEnv(t, testSpec(), func(o *Options) { o.ConnectPorts = []uint16{mustPort(t, port)} })
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := &failingListener{Listener: inner, fail: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := e.p.StartTransparentHTTPS(ctx, fl)
+	close(fl.fail)
+	select {
+	case err := <-done:
+		if !errors.Is(err, syscall.EINVAL) {
+			t.Fatalf("StartTransparentHTTPS's channel = %v, want the accept error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the failed transparent listener was not reported")
+	}
+	if got := e.metric("balise_proxy_listener_failures_total", map[string]string{"mode": "transparent"}); got != 1 {
+		t.Errorf("listener_failures_total{transparent} = %v, want 1", got)
+	}
+	tc, code, err := tlsOverTunnel(t, e.addr, "", "unlisted.test:"+port, "example.com", roots, false)
+	if err != nil || code != 200 {
+		t.Fatalf("CONNECT after the transparent listener failed = %d %v", code, err)
+	}
+	tc.Close()
+}
