@@ -132,13 +132,14 @@ func (p *Proxy) blockPage(pol *policy.Policy, client netip.Addr, host string, d 
 	if service == "" {
 		service = host
 	}
+	cfg := p.cfg()
 	var reopenFR, reopenEN string
 	if pol != nil && d.Verdict == policy.Block {
 		if at, ok := nextOpening(pol, policy.Query{Host: host, Client: client, Time: now}, d); ok {
 			reopenFR, reopenEN = reopenText(at, now, pol.Location())
 		}
 	}
-	msgFR, msgEN := p.opts.BlockMessage, p.opts.BlockMessageEN
+	msgFR, msgEN := cfg.BlockMessage, cfg.BlockMessageEN
 	if msgFR == "" {
 		msgFR = defaultMessageFR
 	}
@@ -172,10 +173,10 @@ func (p *Proxy) blockPage(pol *policy.Policy, client netip.Addr, host string, d 
 	data := blockPageData{
 		Lang:        "fr",
 		Title:       service + " — accès bloqué / access blocked",
-		Institution: p.opts.Institution,
+		Institution: cfg.Institution,
 		Service:     service,
 		Host:        host,
-		PortalURL:   p.opts.PortalURL,
+		PortalURL:   cfg.PortalURL,
 		Sections:    []blockSection{fr, en},
 	}
 	if preferEnglish(acceptLanguage) {

@@ -170,6 +170,7 @@ type certCache struct {
 	onMiss   func()
 
 	mu      sync.Mutex
+	gen     int        // incremented by reset: leaves issued before are not cached
 	lru     *list.List // of *certEntry, front = most recent
 	entries map[string]*list.Element
 	flight  map[string]*certCall
@@ -220,14 +221,17 @@ func (c *certCache) get(host string, now time.Time) (*tls.Certificate, error) {
 	}
 	call := &certCall{done: make(chan struct{})}
 	c.flight[host] = call
+	ca, validity, gen := c.ca, c.validity, c.gen
 	c.mu.Unlock()
 	c.onMiss()
 
-	call.cert, call.err = c.ca.issue(host, c.key, now, c.validity)
+	call.cert, call.err = ca.issue(host, c.key, now, validity)
 
 	c.mu.Lock()
-	delete(c.flight, host)
-	if call.err == nil {
+	if c.flight[host] == call {
+		delete(c.flight, host)
+	}
+	if call.err == nil && gen == c.gen {
 		c.entries[host] = c.lru.PushFront(&certEntry{host: host, cert: call.cert})
 		for c.lru.Len() > c.size {
 			old := c.lru.Back()
@@ -238,6 +242,18 @@ func (c *certCache) get(host string, now time.Time) (*tls.Certificate, error) {
 	c.mu.Unlock()
 	close(call.done)
 	return call.cert, call.err
+}
+
+// reset makes ca sign the next leaves (valid for validity, at most size
+// kept) and drops every cached leaf: a reload changed the CA.
+func (c *certCache) reset(ca *CA, validity time.Duration, size int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ca, c.validity, c.size = ca, validity, size
+	c.gen++
+	c.lru.Init()
+	clear(c.entries)
+	clear(c.flight) // callers waiting on a flight still get its leaf
 }
 
 func (c *certCache) len() int {

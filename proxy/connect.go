@@ -55,13 +55,13 @@ func (p *Proxy) hijackConnect(req *http.Request, conn net.Conn, _ *goproxy.Proxy
 		writeConnectRefusal(raw, http.StatusBadRequest, proxyStatus("http_request_error", "CONNECT needs host:port"), "Balise: CONNECT needs host:port\n")
 		return
 	}
-	if !p.ports[uint16(port)] || p.isSelf(req.URL.Host) {
+	if !p.cfg().ports[uint16(port)] || p.isSelf(req.URL.Host) {
 		p.m.refusals[modeExplicit][refusalPort].Inc()
 		writeConnectRefusal(raw, http.StatusForbidden, proxyStatus("http_request_denied", "port "+portStr+" not allowed"),
 			"Balise : port non autorisé / port not allowed\n")
 		return
 	}
-	if !p.tunnel.acquire(client, p.opts.MaxTunnelsPerClient) {
+	if !p.tunnel.acquire(client, p.cfg().MaxTunnelsPerClient) {
 		p.m.refusals[modeExplicit][refusalLimit].Inc()
 		writeConnectRefusal(raw, http.StatusTooManyRequests, proxyStatus("http_request_denied", "too many tunnels from this client"),
 			"Balise : trop de connexions simultanées / too many concurrent connections\n")

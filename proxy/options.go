@@ -31,7 +31,9 @@ type Exceptions interface {
 const ReservedPath = "/.balise/"
 
 // Options configure a Proxy. Only Policy is required; every other zero
-// value has the default stated on its field.
+// value has the default stated on its field. Proxy.Reconfigure applies a
+// new Options to a running proxy; the fields it keeps from New are listed
+// on that method.
 type Options struct {
 	// Policy holds the current policy; a reload swaps it. Required.
 	Policy *atomic.Pointer[policy.Policy]

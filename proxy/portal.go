@@ -60,7 +60,8 @@ func (p *Proxy) servePortal(w http.ResponseWriter, r *http.Request) {
 // pacFile generates the proxy auto-configuration script. requestHost is
 // the address the client fetched it from, used when PACProxy is unset.
 func (p *Proxy) pacFile(requestHost string) []byte {
-	proxyAddr := p.opts.PACProxy
+	cfg := p.cfg()
+	proxyAddr := cfg.PACProxy
 	if proxyAddr == "" {
 		proxyAddr = requestHost
 	}
@@ -71,16 +72,16 @@ func (p *Proxy) pacFile(requestHost string) []byte {
 	b.WriteString("// Balise proxy auto-configuration. Internal names and networks go DIRECT.\n")
 	b.WriteString("function FindProxyForURL(url, host) {\n")
 	b.WriteString("  if (isPlainHostName(host) || host == \"localhost\" || shExpMatch(host, \"127.*\") || host == \"::1\" || host == \"[::1]\") return \"DIRECT\";\n")
-	for _, d := range p.opts.DirectDomains {
+	for _, d := range cfg.DirectDomains {
 		n, err := policy.NormalizeHost(d)
 		if err != nil || !validPACName(n) {
 			continue
 		}
 		fmt.Fprintf(&b, "  if (host == %q || dnsDomainIs(host, %q)) return \"DIRECT\";\n", n, "."+n)
 	}
-	if len(p.opts.DirectNetworks) > 0 {
+	if len(cfg.DirectNetworks) > 0 {
 		b.WriteString("  var ip = dnsResolve(host);\n")
-		for _, n := range p.opts.DirectNetworks {
+		for _, n := range cfg.DirectNetworks {
 			n = n.Masked()
 			if n.Addr().Is4() {
 				mask := net.CIDRMask(n.Bits(), 32)
@@ -177,7 +178,7 @@ func (p *Proxy) portalPage(client netip.Addr, now time.Time, acceptLanguage, ask
 		Lang, Institution, Client, Now, NextBreakFR, NextBreakEN string
 		Rows                                                     []portalRow
 		Form                                                     template.HTML
-	}{Lang: "fr", Institution: p.opts.Institution, Client: client.String()}
+	}{Lang: "fr", Institution: p.cfg().Institution, Client: client.String()}
 	if preferEnglish(acceptLanguage) {
 		data.Lang = "en"
 	}

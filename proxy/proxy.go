@@ -36,10 +36,13 @@ type Proxy struct {
 	dests  *destinations
 	certs  *certCache // nil without a CA
 	icept  *interceptor
-	ports  map[uint16]bool
 	tr     *http.Transport
 	tunnel tunnelSet
-	via    string // Via pseudonym, for loop detection
+	conns  connSet // client connections of the HTTP listeners
+	via    string  // Via pseudonym, for loop detection
+	lm     *listenerMetrics
+
+	live atomic.Pointer[settings] // what a reload may change (cfg, Reconfigure)
 
 	seenHosts    sync.Map // service id -> a host seen for it (for the portal)
 	serviceHosts atomic.Pointer[map[string]string]
@@ -67,11 +70,17 @@ func New(opts Options) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
-	p := &Proxy{opts: opts, m: m, ports: map[uint16]bool{}, self: map[string]bool{}, selfPorts: map[uint16]bool{},
+	p := &Proxy{opts: opts, m: m, self: map[string]bool{}, selfPorts: map[uint16]bool{},
 		sniChecks: make(chan struct{}, maxSNIChecks)}
-	for _, port := range opts.ConnectPorts {
-		p.ports[port] = true
+	p.lm, err = newListenerMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
+	s, err := newSettings(opts)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	p.live.Store(s)
 	p.tunnel.init()
 	p.via = newViaToken()
 	p.dests = newDestinations(opts.DenyDestinations, opts.AllowDestinations, &p.local)
@@ -142,15 +151,19 @@ func (p *Proxy) ListenAndServe(ctx context.Context, addr string) error {
 }
 
 // Serve answers proxy requests on ln until ctx ends, then closes ln, the
-// idle client connections and every tunnel, and returns nil. It logs
-// msg="listening" with service=proxy and the bound address first.
+// idle client connections and every tunnel, and returns nil. When ln
+// fails for good first (an accept error that is not temporary) it closes
+// that listener's connections and returns the error; the proxy's other
+// listeners and its tunnels go on. It logs msg="listening" with
+// service=proxy and the bound address first.
 func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	return <-p.Start(ctx, ln)
 }
 
 // Start is Serve in the background: it logs msg="listening" before it
 // returns, then serves ln until ctx ends; the channel receives Serve's
-// result.
+// result: nil once ctx ended and everything stopped, or the error that
+// stopped ln for good (the proxy's other listeners and tunnels go on).
 func (p *Proxy) Start(ctx context.Context, ln net.Listener) <-chan error {
 	addr := ln.Addr().String()
 	p.addSelf(ln.Addr())
@@ -163,10 +176,13 @@ func (p *Proxy) Start(ctx context.Context, ln net.Listener) <-chan error {
 		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	p.trackConns(srv, modeExplicit)
 	p.opts.Logger.Info("listening", "service", "proxy", "addr", addr)
-	return p.serveUntil(ctx, srv, ln)
+	return p.serveUntil(ctx, srv, ln, modeExplicit, "proxy")
 }
 
+// shutdown stops srv (Balise is stopping) and everything the proxy holds
+// open: tunnels, intercepted connections, pooled origin connections.
 func (p *Proxy) shutdown(srv *http.Server) {
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -227,17 +243,8 @@ func clientAddr(remote string) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-func (p *Proxy) allowed(c netip.Addr) bool {
-	if !c.IsValid() {
-		return false
-	}
-	for _, n := range p.opts.AllowedClients {
-		if n.Contains(c) {
-			return true
-		}
-	}
-	return false
-}
+// allowed reports whether the settings in force serve client c.
+func (p *Proxy) allowed(c netip.Addr) bool { return p.cfg().allows(c) }
 
 // ServeHTTP is the proxy listener's handler: the client check, then
 // CONNECT, the portal, or plain HTTP forwarding.
@@ -280,7 +287,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if r.Header.Get("Upgrade") != "" {
-		p.gp.ServeHTTP(w, r) // WebSocket and other upgrades
+		p.serveUpgrade(p.gp, w, r) // WebSocket and other upgrades
 		return
 	}
 	p.forward(w, r)
@@ -317,6 +324,15 @@ func (p *Proxy) onRequest(r *http.Request, _ *goproxy.ProxyCtx) (*http.Request, 
 	if d.Invalid {
 		p.m.refusals[modeExplicit][refusalBadRequest].Inc()
 		return r, textResponse(r, http.StatusBadRequest, proxyStatus("http_request_error", "invalid host name"), "Balise: invalid host name\n")
+	}
+	if d.Listed() && d.Verdict == policy.Allow {
+		p.noteAllowed(r, host, d, now)
+		if cur := p.opts.Policy.Load(); cur != pol {
+			// The policy changed while this was decided: Redecide may
+			// have missed the connection, so decide on the new one.
+			pol = cur
+			d = pol.Decide(policy.Query{Host: host, Client: client, Time: now})
+		}
 	}
 	p.m.request(modeExplicit, kindHTTP, d, -1)
 	p.logDecision("http", client, host, d, now)

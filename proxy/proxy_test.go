@@ -299,7 +299,11 @@ func TestUpstreamError(t *testing.T) {
 	}
 	// CONNECT to the proxy itself is refused even on an allowed port.
 	_, self, _ := net.SplitHostPort(e.addr)
-	e.p.ports[mustPort(t, self)] = true // before any CONNECT: no concurrent access
+	o := e.p.cfg().Options
+	o.ConnectPorts = append(o.ConnectPorts, mustPort(t, self))
+	if err := e.p.Reconfigure(o); err != nil {
+		t.Fatal(err)
+	}
 	c, _, code := rawConnect(t, e.addr, "", e.addr)
 	c.Close()
 	if code != 403 {

@@ -86,27 +86,9 @@ func (p *Proxy) StartTransparentHTTP(ctx context.Context, ln net.Listener) <-cha
 			return context.WithValue(cctx, origDstKey{}, o)
 		},
 	}
+	p.trackConns(srv, modeTransparent)
 	p.opts.Logger.Info("listening", "service", "transparent-http", "addr", ln.Addr().String())
-	return p.serveUntil(ctx, srv, ln)
-}
-
-// serveUntil runs srv on ln until ctx ends or it fails.
-func (p *Proxy) serveUntil(ctx context.Context, srv *http.Server, ln net.Listener) <-chan error {
-	result := make(chan error, 1)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	go func() {
-		select {
-		case err := <-errc:
-			p.shutdown(srv)
-			result <- err
-		case <-ctx.Done():
-			p.shutdown(srv)
-			<-errc
-			result <- nil
-		}
-	}()
-	return result
+	return p.serveUntil(ctx, srv, ln, modeTransparent, "transparent-http")
 }
 
 func (p *Proxy) serveTransparentHTTP(gp *goproxy.ProxyHttpServer, w http.ResponseWriter, r *http.Request) {
@@ -143,6 +125,14 @@ func (p *Proxy) serveTransparentHTTP(gp *goproxy.ProxyHttpServer, w http.Respons
 		p.refuse(w, http.StatusBadRequest, "http_request_error", "invalid host name", "Balise: invalid host name\n")
 		return
 	}
+	if d.Listed() && d.Verdict == policy.Allow {
+		p.noteAllowed(r, host, d, now)
+		if cur := p.opts.Policy.Load(); cur != pol {
+			// Changed while deciding: Redecide may have missed this.
+			pol = cur
+			d = pol.Decide(policy.Query{Host: host, Client: client, Time: now})
+		}
+	}
 	p.m.request(modeTransparent, kindHTTP, d, -1)
 	p.logDecision("transparent", client, host, d, now)
 	if d.Verdict == policy.Block {
@@ -162,6 +152,10 @@ func (p *Proxy) serveTransparentHTTP(gp *goproxy.ProxyHttpServer, w http.Respons
 	// transport's connection pool is keyed by that address.
 	r.URL.Scheme = "http"
 	r.URL.Host = orig.String()
+	if r.Header.Get("Upgrade") != "" {
+		p.serveUpgrade(gp, w, r)
+		return
+	}
 	gp.ServeHTTP(w, r)
 }
 
@@ -169,27 +163,34 @@ func (p *Proxy) serveTransparentHTTP(gp *goproxy.ProxyHttpServer, w http.Respons
 // ends: each connection is decided on its ClientHello's server name, then
 // spliced to its original destination, shown the block page (with the CA)
 // or closed with a TLS alert. It logs msg="listening"
-// service=transparent-https before it returns.
+// service=transparent-https before it returns. The channel receives nil
+// once ctx ended and every tunnel closed, or the error that stopped ln
+// for good (the rest of the proxy goes on).
 func (p *Proxy) StartTransparentHTTPS(ctx context.Context, ln net.Listener) <-chan error {
 	p.addSelf(ln.Addr())
-	p.opts.Logger.Info("listening", "service", "transparent-https", "addr", ln.Addr().String())
+	addr := ln.Addr().String()
+	p.opts.Logger.Info("listening", "service", "transparent-https", "addr", addr)
+	rl := p.listen(ln, modeTransparent, "transparent-https")
 	result := make(chan error, 1)
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	stop := context.AfterFunc(ctx, func() { rl.Close() })
 	go func() {
 		defer stop()
 		var err error
 		for {
 			var c net.Conn
-			c, err = ln.Accept()
+			c, err = rl.Accept()
 			if err != nil {
 				break
 			}
 			go p.handleTransparentTLS(ctx, c)
 		}
-		p.tunnel.closeAll(causeShutdown, 5*time.Second)
 		if ctx.Err() != nil {
-			err = nil
+			p.tunnel.closeAll(causeShutdown, 5*time.Second)
+			result <- nil
+			return
 		}
+		rl.Close()
+		p.listenerFailed(modeTransparent, "transparent-https", addr, err)
 		result <- err
 	}()
 	return result

@@ -20,14 +20,17 @@ type tunnelSet struct {
 	mu        sync.Mutex
 	perClient map[netip.Addr]int
 	open      map[*tunnel]struct{}
-	pending   map[net.Conn]struct{} // hijacked, not yet a tunnel
+	pending   map[net.Conn]uint64 // hijacked, not yet a tunnel -> gen at begin
 	stopped   bool
+	// gen counts re-decisions (Redecide): a tunnel decided before the
+	// latest one but opened after it is decided again when it opens.
+	gen uint64
 }
 
 func (s *tunnelSet) init() {
 	s.perClient = make(map[netip.Addr]int)
 	s.open = make(map[*tunnel]struct{})
-	s.pending = make(map[net.Conn]struct{})
+	s.pending = make(map[net.Conn]uint64)
 }
 
 // begin registers a hijacked connection until end is called; it reports
@@ -40,7 +43,7 @@ func (s *tunnelSet) begin(c net.Conn) bool {
 		return false
 	}
 	s.wg.Add(1)
-	s.pending[c] = struct{}{}
+	s.pending[c] = s.gen
 	return true
 }
 
@@ -74,14 +77,32 @@ func (s *tunnelSet) release(client netip.Addr) {
 	}
 }
 
-func (s *tunnelSet) add(t *tunnel) {
+// add registers t as open; it reports whether a re-decision ran since t's
+// connection was hijacked (t was decided on an older policy).
+func (s *tunnelSet) add(t *tunnel) (stale bool) {
 	s.mu.Lock()
 	s.open[t] = struct{}{}
 	stopped := s.stopped
+	if g, ok := s.pending[t.client]; ok && g != s.gen {
+		stale = true
+	}
 	s.mu.Unlock()
 	if stopped {
 		t.close(causeShutdown)
 	}
+	return stale
+}
+
+// nextGen starts a re-decision and returns the open tunnels.
+func (s *tunnelSet) nextGen() []*tunnel {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gen++
+	ts := make([]*tunnel, 0, len(s.open))
+	for t := range s.open {
+		ts = append(ts, t)
+	}
+	return ts
 }
 
 func (s *tunnelSet) remove(t *tunnel) {
@@ -151,9 +172,12 @@ func (p *Proxy) startTunnel(t *tunnel) {
 	now := time.Now().UnixNano()
 	t.last[0].Store(now)
 	t.last[1].Store(now)
-	p.tunnel.add(t)
+	stale := p.tunnel.add(t)
 	p.tunnel.settle(t.client)
 	p.m.tunnelsActive[t.mode].Inc()
+	if stale {
+		p.redecideTunnel(t)
+	}
 
 	origin, oprefix := unwrapPrefix(t.origin)
 	t.origin = origin
@@ -181,8 +205,8 @@ func (p *Proxy) startTunnel(t *tunnel) {
 		return
 	}
 	t.timerMu.Lock()
-	t.lifetime = time.AfterFunc(p.opts.MaxTunnelLifetime, func() { t.close(causeLifetime) })
-	if !t.until.IsZero() {
+	t.lifetime = time.AfterFunc(p.cfg().MaxTunnelLifetime, func() { t.close(causeLifetime) })
+	if !t.until.IsZero() && t.untilT == nil {
 		t.armUntilLocked(t.until)
 	}
 	t.timerMu.Unlock()

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strings"
+	"sync"
 
 	"github.com/balise-net/balise/config"
 	"github.com/balise-net/balise/proxy"
@@ -17,11 +19,27 @@ import (
 // and the transparent listeners (transparent_http, transparent_https),
 // reading the policy from rt.policy, and stops them when ctx ends. It
 // returns an error when a listener cannot be bound or the [proxy] section
-// cannot be used (CA files, parent credentials). Changes to [proxy] other
-// than the policy take effect at the next restart.
+// cannot be used (CA files, parent credentials).
+//
+// Listeners are independent: one that stops for good (an accept error
+// that is not temporary) is logged by the proxy and turns /readyz red
+// ("proxy: listener ADDR stopped: ..."); the others go on.
+//
+// Whenever the policy in force changes (a reload, a list update, a grant
+// approved, revoked or ended) the proxy re-decides its open tunnels and
+// kept-alive connections. A reload applies the rest of [proxy] too (see
+// proxyRestartKeys for what waits for a restart); a [proxy.tls] CA that
+// fails to load makes the reload fail.
 func startProxy(ctx context.Context, rt *runtime) error {
 	cfg := rt.cfg
 	pc := cfg.Proxy
+	rt.onPrepare(func(nc *config.Config) (func(), error) {
+		if keys := proxyRestartKeys(cfg, nc); len(keys) > 0 {
+			rt.log.Warn("[proxy] settings that take effect at the next restart changed; the rest of [proxy] is in force now",
+				"keys", strings.Join(keys, ", "))
+		}
+		return nil, nil
+	})
 	if len(pc.Listen)+len(pc.TransparentHTTP)+len(pc.TransparentHTTPS) == 0 {
 		return nil
 	}
@@ -65,18 +83,84 @@ func startProxy(ctx context.Context, rt *runtime) error {
 		}
 		lns = append(lns, bound{ln, p.StartTransparentHTTPS})
 	}
+	var (
+		mu      sync.Mutex
+		stopped []string // "ADDR stopped: error" of listeners that failed
+	)
+	rt.addReady("proxy", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(stopped) > 0 {
+			return errors.New("listener " + strings.Join(stopped, "; listener "))
+		}
+		return nil
+	})
 	for _, b := range lns {
 		done := b.start(ctx, b.ln)
-		go func() {
-			if err := <-done; err != nil && !errors.Is(err, net.ErrClosed) {
-				rt.log.Error("proxy stopped", "addr", b.ln.Addr().String(), "err", err)
+		addr := b.ln.Addr().String()
+		rt.wg.Go(func() {
+			if err := <-done; err != nil {
+				mu.Lock()
+				stopped = append(stopped, addr+" stopped: "+err.Error())
+				mu.Unlock()
 			}
-		}()
+		})
 	}
+	changed := rt.watchPolicy()
+	rt.wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+				p.Redecide()
+			}
+		}
+	})
+	rt.onPrepare(func(nc *config.Config) (func(), error) {
+		o, err := proxyOptions(nc, rt)
+		if err != nil {
+			return nil, err
+		}
+		if (o.CA == nil) != (opts.CA == nil) {
+			rt.log.Warn("[proxy.tls] added or removed: takes effect at the next restart; the CA in force is kept")
+		}
+		return func() {
+			if err := p.Reconfigure(o); err != nil {
+				rt.log.Error("[proxy] not applied; the running proxy settings are kept", "error", err)
+			}
+		}, nil
+	})
 	rt.onReload(func(c *config.Config) {
 		p.SetServiceHosts(serviceHosts(c))
 	})
 	return nil
+}
+
+// proxyRestartKeys names the [proxy] keys that differ between the
+// configuration the proxy started with and nc and that take effect only
+// at the next restart: the listening addresses, the transparent mode, and
+// what the dialer and the HTTP servers were built with.
+func proxyRestartKeys(old, nc *config.Config) []string {
+	a, b := old.Proxy, nc.Proxy
+	var keys []string
+	add := func(changed bool, key string) {
+		if changed {
+			keys = append(keys, "proxy."+key)
+		}
+	}
+	add(!slices.Equal(a.Listen, b.Listen), "listen")
+	add(!slices.Equal(a.TransparentHTTP, b.TransparentHTTP), "transparent_http")
+	add(!slices.Equal(a.TransparentHTTPS, b.TransparentHTTPS), "transparent_https")
+	add(a.TransparentMode != b.TransparentMode, "transparent_mode")
+	add(a.Resolver != b.Resolver, "resolver")
+	add(a.Parent != b.Parent, "parent")
+	add(a.ParentCredentialsFile != b.ParentCredentialsFile, "parent_credentials_file")
+	add(a.DialTimeout != b.DialTimeout, "dial_timeout")
+	add(a.IdleTimeout != b.IdleTimeout, "idle_timeout")
+	add(a.HeaderTimeout != b.HeaderTimeout, "header_timeout")
+	add(a.MaxHeaderBytes != b.MaxHeaderBytes, "max_header_bytes")
+	return keys
 }
 
 // proxyOptions maps the configuration onto proxy.Options.

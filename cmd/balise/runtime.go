@@ -60,12 +60,14 @@ type runtime struct {
 	// before.
 	started atomic.Bool
 
-	mu      sync.Mutex
-	base    *policy.Policy // compiled configuration, no grants
-	grants  []policy.Grant // current grant snapshot
-	ready   []readyCheck
-	live    []readyCheck
-	reloads []func(*config.Config)
+	mu       sync.Mutex
+	base     *policy.Policy // compiled configuration, no grants
+	grants   []policy.Grant // current grant snapshot
+	ready    []readyCheck
+	live     []readyCheck
+	reloads  []func(*config.Config)
+	prepares []func(*config.Config) (func(), error)
+	watchers []chan struct{} // signalled when the policy changes
 	// listeners are Balise's bound listening addresses (addListeners),
 	// which the proxy never connects to.
 	listeners []netip.AddrPort
@@ -125,6 +127,53 @@ func (rt *runtime) publishLocked() {
 		return
 	}
 	rt.policy.Store(rt.base.WithGrants(rt.grants))
+	for _, w := range rt.watchers {
+		select {
+		case w <- struct{}{}:
+		default: // a signal is pending already
+		}
+	}
+}
+
+// watchPolicy returns a channel that receives a signal after the policy
+// in force changes: a reload, a recompile after a list update, a new
+// grant snapshot. Signals coalesce: one pending signal stands for any
+// number of changes, so the receiver reads rt.policy afresh.
+func (rt *runtime) watchPolicy() <-chan struct{} {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	w := make(chan struct{}, 1)
+	rt.watchers = append(rt.watchers, w)
+	return w
+}
+
+// onPrepare registers f to check a reloaded configuration before anything
+// of it is put in force: f returns an error to make the reload fail (the
+// running configuration stays), or a function that applies its part of
+// cfg, which install runs before the new policy is published.
+func (rt *runtime) onPrepare(f func(*config.Config) (apply func(), err error)) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.prepares = append(rt.prepares, f)
+}
+
+// prepare runs the onPrepare checks on cfg and returns what applies it,
+// or the first error.
+func (rt *runtime) prepare(cfg *config.Config) ([]func(), error) {
+	rt.mu.Lock()
+	fs := slices.Clone(rt.prepares)
+	rt.mu.Unlock()
+	var applies []func()
+	for _, f := range fs {
+		apply, err := f(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if apply != nil {
+			applies = append(applies, apply)
+		}
+	}
+	return applies, nil
 }
 
 // addReady registers a readiness check: /readyz answers 200 only while
@@ -189,9 +238,13 @@ func (rt *runtime) readiness() []string {
 	return failed
 }
 
-// install makes cfg and its compiled policy p current and runs the reload
-// hooks.
-func (rt *runtime) install(cfg *config.Config, p *policy.Policy) {
+// install runs applies (from prepare), makes cfg and its compiled policy
+// p current and runs the reload hooks. The applies run first so that the
+// policy watchers, signalled by the new policy, see the new settings too.
+func (rt *runtime) install(cfg *config.Config, p *policy.Policy, applies ...func()) {
+	for _, a := range applies {
+		a()
+	}
 	rt.mu.Lock()
 	rt.cfg = cfg
 	rt.base = p

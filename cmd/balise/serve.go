@@ -232,7 +232,8 @@ func logWarnings(log *slog.Logger, cfg *config.Config) {
 }
 
 // reload re-reads the configuration file (SIGHUP). A configuration that
-// fails to load or compile leaves the running one in place.
+// fails to load or compile, or that a front-end refuses (a [proxy.tls] CA
+// that does not load), leaves the running one in place.
 func (s *server) reload(ctx context.Context) {
 	s.notify.reloading()
 	defer s.notify.ready("serving")
@@ -240,6 +241,10 @@ func (s *server) reload(ctx context.Context) {
 	var p *policy.Policy
 	if err == nil {
 		p, err = cfg.Compile()
+	}
+	var applies []func()
+	if err == nil {
+		applies, err = s.rt.prepare(cfg)
 	}
 	if err != nil {
 		s.metrics.reloadFailure.Inc()
@@ -252,7 +257,7 @@ func (s *server) reload(ctx context.Context) {
 			"running", old.Metrics.Listen, "configured", cfg.Metrics.Listen)
 	}
 	logWarnings(s.log, cfg)
-	s.rt.install(cfg, p)
+	s.rt.install(cfg, p, applies...)
 	s.metrics.reloadSuccess.Inc()
 	s.markLoaded(cfg, p)
 	s.stopFetcher()

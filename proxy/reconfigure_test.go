@@ -1,0 +1,131 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestReconfigure applies a reload to a running proxy: allowed clients,
+// CONNECT ports, block-page text and the CA change at once; a client the
+// new settings no longer serve loses its open tunnel at the re-decision;
+// the start-only fields keep their values.
+func TestReconfigure(t *testing.T) {
+	_, roots, tlsPort := originTLS(t)
+	port := liveOrigin(t)
+	ca1, roots1 := testCA(t)
+	e := startEnv(t, testSpec(), func(o *Options) {
+		o.CA = ca1
+		o.BlockMessage = "Message d'origine"
+		o.AllowedClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("127.0.0.2/32")}
+	})
+	headerTimeout := e.p.cfg().HeaderTimeout
+
+	status := func(from, url string) (int, string) {
+		t.Helper()
+		c, br := dialProxyFrom(t, e.addr, from)
+		resp := sendGet(t, c, br, url)
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := status("127.0.0.3", "http://unlisted.test:"+port+"/"); code != 403 {
+		t.Fatalf("client 127.0.0.3 before the reload = %d, want 403", code)
+	}
+	if code, body := status("127.0.0.1", "http://social.test:"+port+"/"); code != 403 || !strings.Contains(body, "Message d&#39;origine") {
+		t.Fatalf("block page before the reload = %d, want the first message\n%s", code, body)
+	}
+	if _, code, _ := tlsOverTunnel(t, e.addr, "", "unlisted.test:"+tlsPort, "example.com", roots, false); code != 403 {
+		t.Fatalf("CONNECT to port %s before the reload = %d, want 403", tlsPort, code)
+	}
+	blocked := func() (string, error) {
+		tc, _, err := tlsOverTunnel(t, e.addr, "", "www.social.test:443", "www.social.test", roots1, false)
+		if err != nil {
+			return "", err
+		}
+		defer tc.Close()
+		return string(tc.ConnectionState().PeerCertificates[1].Raw), nil
+	}
+	if _, err := blocked(); err != nil {
+		t.Fatalf("block page under the first CA: %v", err)
+	}
+	ca2, roots2 := testCA(t)
+	o := e.p.cfg().Options
+	o.AllowedClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("127.0.0.3/32")}
+	o.ConnectPorts = []uint16{443, mustPort(t, tlsPort)}
+	o.BlockMessage = "Nouveau message"
+	o.CA = ca2
+	o.HeaderTimeout = time.Millisecond // start-only: ignored
+	if err := e.p.Reconfigure(o); err != nil {
+		t.Fatalf("Reconfigure: %v", err)
+	}
+
+	if code, _ := status("127.0.0.3", "http://unlisted.test:"+port+"/"); code != 200 {
+		t.Errorf("client 127.0.0.3 after the reload = %d, want 200", code)
+	}
+	if code, _ := status("127.0.0.2", "http://unlisted.test:"+port+"/"); code != 403 {
+		t.Errorf("client 127.0.0.2 after the reload = %d, want 403", code)
+	}
+	if code, body := status("127.0.0.1", "http://social.test:"+port+"/"); code != 403 || !strings.Contains(body, "Nouveau message") {
+		t.Errorf("block page after the reload = %d, want the new message\n%s", code, body)
+	}
+	tc, code, err := tlsOverTunnel(t, e.addr, "", "unlisted.test:"+tlsPort, "example.com", roots, false)
+	if err != nil || code != 200 {
+		t.Errorf("CONNECT to port %s after the reload = %d %v, want a tunnel", tlsPort, code, err)
+	} else {
+		tc.Close()
+	}
+	if _, err := blocked(); err == nil {
+		t.Error("block page still signed by the first CA after the reload")
+	}
+	tc2, _, err := tlsOverTunnel(t, e.addr, "", "www.social.test:443", "www.social.test", roots2, false)
+	if err != nil {
+		t.Errorf("block page under the new CA: %v", err)
+	} else {
+		if !bytes.Equal(tc2.ConnectionState().PeerCertificates[1].Raw, ca2.Certificate().Raw) {
+			t.Error("block page chain does not carry the new CA")
+		}
+		tc2.Close()
+	}
+	if got := e.p.cfg().HeaderTimeout; got != headerTimeout {
+		t.Errorf("HeaderTimeout after Reconfigure = %v, want the start value %v", got, headerTimeout)
+	}
+}
+
+// TestReconfigureDropsClientTunnels: a client removed from the allowed
+// clients loses its open tunnel at the next re-decision.
+func TestReconfigureDropsClientTunnels(t *testing.T) {
+	_, roots, tlsPort := originTLS(t)
+	e := startEnv(t, testSpec(), func(o *Options) { o.ConnectPorts = []uint16{mustPort(t, tlsPort)} })
+	tun, code, err := tlsOverTunnel(t, e.addr, "127.0.0.2", "unlisted.test:"+tlsPort, "example.com", roots, false)
+	if err != nil || code != 200 {
+		t.Fatalf("tunnel = %d %v", code, err)
+	}
+	defer tun.Close()
+	o := e.p.cfg().Options
+	o.AllowedClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	if err := e.p.Reconfigure(o); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := e.p.Redecide(); n != 1 {
+		t.Errorf("Redecide closed %d tunnels, want 1", n)
+	}
+	waitClosed(t, "tunnel of a client no longer allowed", tun, tun, 2*time.Second)
+}
+
+// TestReconfigureInvalid keeps the running settings when the new ones are
+// invalid.
+func TestReconfigureInvalid(t *testing.T) {
+	e := startEnv(t, testSpec(), nil)
+	o := e.p.cfg().Options
+	o.ConnectPorts = []uint16{0}
+	o.BlockMessage = "ne doit pas s'appliquer"
+	if err := e.p.Reconfigure(o); err == nil {
+		t.Fatal("Reconfigure with port 0 = nil, want an error")
+	}
+	if e.p.cfg().BlockMessage == o.BlockMessage {
+		t.Error("an invalid reload was partly applied")
+	}
+}
