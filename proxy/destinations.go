@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/elazarl/goproxy"
@@ -132,17 +133,29 @@ type ownListener struct {
 // destinations decides which addresses the proxy may connect to. It is
 // safe for concurrent use.
 type destinations struct {
-	deny  []netip.Prefix
-	allow []netip.Prefix
-	local *localAddrs // this host's interface addresses
+	lists atomic.Pointer[destLists] // swapped by setLists on reload
+	local *localAddrs               // this host's interface addresses
 
 	mu    sync.RWMutex
 	own   []ownListener
 	ports map[uint16]bool // ports of own
 }
 
+// destLists are Options.DenyDestinations and AllowDestinations.
+type destLists struct {
+	deny, allow []netip.Prefix
+}
+
 func newDestinations(deny, allow []netip.Prefix, local *localAddrs) *destinations {
-	return &destinations{deny: deny, allow: allow, local: local, ports: map[uint16]bool{}}
+	g := &destinations{local: local, ports: map[uint16]bool{}}
+	g.setLists(deny, allow)
+	return g
+}
+
+// setLists puts new deny and allow lists in force for the next dial (a
+// reload); connections already open are re-decided by Redecide.
+func (g *destinations) setLists(deny, allow []netip.Prefix) {
+	g.lists.Store(&destLists{deny: deny, allow: allow})
 }
 
 // addListener records one of Balise's listening addresses (proxy: one of
@@ -205,14 +218,15 @@ func (g *destinations) check(ap netip.AddrPort) error {
 	if g.isOwn(ap, false) {
 		return &destinationError{addr: ap, why: whyListener}
 	}
+	l := g.lists.Load()
 	fs, n := forms(ap.Addr())
 	for _, a := range fs[:n] {
-		if contains(g.deny, a) {
+		if contains(l.deny, a) {
 			return &destinationError{addr: ap, why: whyDenied}
 		}
 	}
 	for _, a := range fs[:n] {
-		if why := special(a); why != "" && !contains(g.allow, a) && !contains(g.allow, fs[0]) {
+		if why := special(a); why != "" && !contains(l.allow, a) && !contains(l.allow, fs[0]) {
 			return &destinationError{addr: ap, why: why}
 		}
 	}

@@ -120,11 +120,11 @@ func TestDestinationsCheck(t *testing.T) {
 				got = de.why
 			}
 			if got != c.want {
-				t.Errorf("check(%s) allow=%v = %q, want %q", tt.dst, c.g.allow != nil, got, c.want)
+				t.Errorf("check(%s) allow=%v = %q, want %q", tt.dst, c.g.lists.Load().allow != nil, got, c.want)
 			}
 			// The Control hook sees the same text the dialer builds.
 			if err := c.g.control("tcp", ap.String(), nil); (err != nil) != (c.want != "") {
-				t.Errorf("control(%s) allow=%v = %v, want refused=%v", ap, c.g.allow != nil, err, c.want != "")
+				t.Errorf("control(%s) allow=%v = %v, want refused=%v", ap, c.g.lists.Load().allow != nil, err, c.want != "")
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Reloadable settings. New keeps the Options it was given (p.opts, with
@@ -106,7 +107,17 @@ func (p *Proxy) Reconfigure(o Options) error {
 			p.certs.reset(o.CA, o.LeafValidity, o.CertCacheSize)
 		}
 	}
+	old := p.cfg()
+	p.dests.setLists(o.DenyDestinations, o.AllowDestinations)
 	p.live.Store(s)
+	if !slices.Equal(old.DenyDestinations, o.DenyDestinations) || !slices.Equal(old.AllowDestinations, o.AllowDestinations) {
+		// Idle origin connections were dialled under the old lists: the
+		// next request must dial, and be checked, again.
+		if p.origins != nil {
+			p.origins.closeAll()
+		}
+		p.tr.CloseIdleConnections()
+	}
 	return nil
 }
 

@@ -129,3 +129,44 @@ func TestReconfigureInvalid(t *testing.T) {
 		t.Error("an invalid reload was partly applied")
 	}
 }
+
+// A reload that drops allow_destinations refuses the destination it
+// exempted at the next request; one that adds deny_destinations refuses
+// that network.
+func TestReconfigureDestinations(t *testing.T) {
+	port := liveOrigin(t)
+	e := startEnv(t, testSpec(), nil)
+	get := func() int {
+		t.Helper()
+		c, br := dialProxyFrom(t, e.addr, "127.0.0.1")
+		resp := sendGet(t, c, br, "http://unlisted.test:"+port+"/")
+		io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode
+	}
+	if code := get(); code != 200 {
+		t.Fatalf("loopback origin with allow_destinations = %d, want 200", code)
+	}
+	o := e.p.cfg().Options
+	o.DenyDestinations = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	if err := e.p.Reconfigure(o); err != nil {
+		t.Fatal(err)
+	}
+	if code := get(); code != 403 {
+		t.Errorf("after deny_destinations 127.0.0.0/8 = %d, want 403", code)
+	}
+	o.DenyDestinations = nil
+	o.AllowDestinations = nil
+	if err := e.p.Reconfigure(o); err != nil {
+		t.Fatal(err)
+	}
+	if code := get(); code != 403 {
+		t.Errorf("after allow_destinations removed = %d, want 403", code)
+	}
+	o.AllowDestinations = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	if err := e.p.Reconfigure(o); err != nil {
+		t.Fatal(err)
+	}
+	if code := get(); code != 200 {
+		t.Errorf("after allow_destinations restored = %d, want 200", code)
+	}
+}
