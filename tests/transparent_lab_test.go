@@ -253,7 +253,7 @@ func (l *tgLab) startOrigins(t *testing.T) {
 				lns = append(lns, ln)
 			}
 		}
-		for _, port := range []string{"443", "4443"} {
+		for _, port := range []string{"443", "4443", "53", "853"} {
 			pc, err := net.ListenPacket("udp", net.JoinHostPort(tgListedIP, port))
 			if err != nil {
 				return err

@@ -256,8 +256,10 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 	if code, status, body := l.curl(t, tgPersonnel6, "--resolve", tgUnlisted+":80:["+tgUnlistedIP6+"]", "http://"+tgUnlisted+"/"); code != 0 || status != "200" || !strings.Contains(body, "from="+tgPersonnel6) {
 		t.Fatalf("before the rules, IPv6 HTTP from the workstation = curl %d, %s %q; want 200 from %s", code, status, body, tgPersonnel6)
 	}
-	if !l.udpPasses(t, tgPersonnel, "443") {
-		t.Fatal("before the rules, UDP 443 does not reach the internet namespace: the QUIC check would prove nothing")
+	for _, port := range []string{"443", "53", "853"} {
+		if !l.udpPasses(t, tgPersonnel, port) {
+			t.Fatalf("before the rules, UDP %s does not reach the internet namespace: the check would prove nothing", port)
+		}
 	}
 
 	// Balise runs as root here, so root is the account the loop guard
@@ -275,6 +277,16 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 			t.Error("a UDP 443 datagram from the bypass set did not cross the gateway")
 		}
 	})
+	t.Run("DNS to Internet resolvers refused", func(t *testing.T) {
+		for _, port := range []string{"53", "853"} {
+			if l.udpPasses(t, tgPersonnel, port) {
+				t.Errorf("a UDP %s datagram from a workstation reached a resolver beyond the gateway", port)
+			}
+			if !l.udpPasses(t, tgBypass, port) {
+				t.Errorf("a UDP %s datagram from the bypass set did not cross the gateway", port)
+			}
+		}
+	})
 
 	resolver := l.startStubDNS(t)
 	caDir := t.TempDir()
@@ -289,8 +301,8 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 
 	// Without the institution's CA, a blocked HTTPS connection ends with a
 	// TLS alert: no certificate, no response, no hang. With no_sni =
-	// "deny", so does a ClientHello without a server name.
-	in := l.startBalise(t, tgConfig(resolver, mode, `no_sni = "deny"`))
+	// "deny" (the default), so does a ClientHello without a server name.
+	in := l.startBalise(t, tgConfig(resolver, mode, ``))
 	tgRequireTransparent(t, in)
 	t.Run("HTTPS blocked without CA", func(t *testing.T) {
 		l.wantTLSAlert(t, tgListed, tgListedIP+":443")
@@ -305,7 +317,7 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 		t.Fatalf("balise exited with %d", code)
 	}
 
-	in = l.startBalise(t, tgConfig(resolver, mode, fmt.Sprintf("\n[proxy.tls]\nca_cert = %q\nca_key = %q\n", caPEM, filepath.Join(caDir, "ca-key.pem"))))
+	in = l.startBalise(t, tgConfig(resolver, mode, fmt.Sprintf("no_sni = \"allow\"\n[proxy.tls]\nca_cert = %q\nca_key = %q\n", caPEM, filepath.Join(caDir, "ca-key.pem"))))
 	tgRequireTransparent(t, in)
 	viaBalise := "from=" + tgGatewayOut
 	for _, c := range []struct {
@@ -328,7 +340,8 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 		{"HTTPS listed SNI to an unlisted address", tgPersonnel, []string{"--resolve", tgListed + ":443:" + tgUnlistedIP, "--cacert", caPEM, listedHTTPS}, "403", tgService},
 		{"HTTPS listed SNI to an unlisted address for autorises", tgAutorises, []string{"--resolve", tgListed + ":443:" + tgUnlistedIP, "--cacert", l.originCA, listedHTTPS},
 			"200", "origin " + tgUnlistedIP + " https host=" + tgListed + " " + viaBalise},
-		// no_sni = "allow" (default): decided on the destination address.
+		// no_sni = "allow" (an operator's choice, warned about by check):
+		// decided on the destination address.
 		{"HTTPS without SNI allowed", tgPersonnel, []string{"-k", "https://" + tgUnlistedIP + "/"},
 			"200", "origin " + tgUnlistedIP + " https host=" + tgUnlistedIP + " " + viaBalise},
 		// IPv6 (IP6T_SO_ORIGINAL_DST, or TPROXY over IPv6).
