@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"time"
 )
 
@@ -196,14 +195,6 @@ func Default() *Config {
 		panic(fmt.Sprintf("config: embedded default is invalid: %v", err))
 	}
 	return c
-}
-
-// baseDir is the directory relative paths resolve from.
-func (c *Config) baseDir() string {
-	if c.Path == "" {
-		return "."
-	}
-	return filepath.Dir(c.Path)
 }
 
 // defaultLocation is the zone of a Config whose Location is unset.

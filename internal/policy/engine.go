@@ -174,7 +174,7 @@ func (p *Policy) Decide(q Query) (d Decision) {
 			d.Verdict = Block
 		}
 	}
-	until = c.ruleChange(&e, k, u, off, next, wt, limit)
+	until = c.ruleChange(&e, k, u, next, wt, limit)
 	d.Until = q.Time.Add(time.Duration(until - u))
 	return d
 }

@@ -90,7 +90,7 @@ func (c *compiled) first(e *ruleEval, wt int64) int {
 // outcome is checked again there. Candidate instants where nothing
 // changes (a window wrapping the week, a DST jump inside or outside every
 // window) are skipped.
-func (c *compiled) ruleChange(e *ruleEval, k int, u, off, next, wt, limit int64) int64 {
+func (c *compiled) ruleChange(e *ruleEval, k int, u, next, wt, limit int64) int64 {
 	cur := u
 	for iter := 0; ; iter++ {
 		best := min(limit, next)
@@ -111,7 +111,8 @@ func (c *compiled) ruleChange(e *ruleEval, k int, u, off, next, wt, limit int64)
 		if !scheduled || best >= limit {
 			return limit
 		}
-		off, next = c.zone.at(best)
+		off, nxt := c.zone.at(best)
+		next = nxt
 		wt = weekTime(best, off)
 		if c.first(e, wt) != k || iter >= 1024 {
 			return best
