@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -198,7 +199,7 @@ func proxyStatusForDialError(err error) string {
 		return "destination_unavailable"
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
 		return "connection_timeout"
-	case strings.Contains(err.Error(), "refused"):
+	case errors.Is(err, syscall.ECONNREFUSED):
 		return "connection_refused"
 	}
 	return "destination_unavailable"
