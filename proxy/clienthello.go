@@ -153,7 +153,11 @@ func (h *helloReader) feed(data []byte) (ClientHello, error) {
 		}
 		// What follows the hello in its record is the next message:
 		// servers read the name before they look at it.
-		return parseHelloBody(h.msg[4 : 4+l])
+		ch, err := parseHelloBody(h.msg[4 : 4+l])
+		if err != nil {
+			return ClientHello{}, err
+		}
+		return ch, nil
 	}
 }
 
