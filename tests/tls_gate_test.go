@@ -296,7 +296,7 @@ header_timeout = "2s"`, goTLS, sslPort, opaque, speaksFirst, opaque), "")
 			c := tgConnect(t, px, "ok.test:"+cf.port)
 			got, closed := tgAnswer(c, cf.data, 8*time.Second)
 			if !closed || serverHello(got) {
-				t.Fatalf("got %q, closed %v; want closed without a ServerHello", got, closed)
+				t.Fatalf("got %.80q, closed %v; want closed without a ServerHello", got, closed)
 			}
 			expect(t, cf.reason, before, from)
 		})
@@ -318,7 +318,7 @@ header_timeout = "2s"`, goTLS, sslPort, opaque, speaksFirst, opaque), "")
 				before, from := refusals("not_tls"), len(in.Lines())
 				c := tgConnect(t, px, "ok.test:443")
 				if got, closed := tgAnswer(c, []byte("SSH-2.0-OpenSSH_9.6\r\n"), 8*time.Second); !closed || len(got) > 0 {
-					t.Fatalf("got %q, closed %v; want closed", got, closed)
+					t.Fatalf("got %.80q, closed %v; want closed", got, closed)
 				}
 				expect(t, "not_tls", before, from)
 			})
