@@ -289,7 +289,8 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 
 	// Without the institution's CA, a blocked HTTPS connection ends with a
 	// TLS alert: no certificate, no response, no hang. With no_sni =
-	// "deny", so does a ClientHello without a server name.
+	// "deny" (the default, set here all the same), so does a ClientHello
+	// without a server name.
 	in := l.startBalise(t, tgConfig(resolver, mode, `no_sni = "deny"`))
 	tgRequireTransparent(t, in)
 	t.Run("HTTPS blocked without CA", func(t *testing.T) {
@@ -305,7 +306,7 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 		t.Fatalf("balise exited with %d", code)
 	}
 
-	in = l.startBalise(t, tgConfig(resolver, mode, fmt.Sprintf("\n[proxy.tls]\nca_cert = %q\nca_key = %q\n", caPEM, filepath.Join(caDir, "ca-key.pem"))))
+	in = l.startBalise(t, tgConfig(resolver, mode, fmt.Sprintf("no_sni = \"allow\"\n[proxy.tls]\nca_cert = %q\nca_key = %q\n", caPEM, filepath.Join(caDir, "ca-key.pem"))))
 	tgRequireTransparent(t, in)
 	viaBalise := "from=" + tgGatewayOut
 	for _, c := range []struct {
@@ -328,7 +329,8 @@ func tgGateway(t *testing.T, mode string, apply func(*testing.T, *tgLab, tgRuleV
 		{"HTTPS listed SNI to an unlisted address", tgPersonnel, []string{"--resolve", tgListed + ":443:" + tgUnlistedIP, "--cacert", caPEM, listedHTTPS}, "403", tgService},
 		{"HTTPS listed SNI to an unlisted address for autorises", tgAutorises, []string{"--resolve", tgListed + ":443:" + tgUnlistedIP, "--cacert", l.originCA, listedHTTPS},
 			"200", "origin " + tgUnlistedIP + " https host=" + tgListed + " " + viaBalise},
-		// no_sni = "allow" (default): decided on the destination address.
+		// no_sni = "allow" (set above; "deny" is the default): decided on
+		// the destination address.
 		{"HTTPS without SNI allowed", tgPersonnel, []string{"-k", "https://" + tgUnlistedIP + "/"},
 			"200", "origin " + tgUnlistedIP + " https host=" + tgUnlistedIP + " " + viaBalise},
 		// IPv6 (IP6T_SO_ORIGINAL_DST, or TPROXY over IPv6).
