@@ -18,6 +18,9 @@ type ClientHello struct {
 	// ECH is true when the hello carries an encrypted_client_hello
 	// extension: the real name may be hidden behind ServerName.
 	ECH bool
+	// SSLv2 is true for an SSL 2.0-format ClientHello (which OpenSSL
+	// still accepts to negotiate TLS): it cannot carry a server name.
+	SSLv2 bool
 }
 
 var (
@@ -28,15 +31,57 @@ var (
 	ErrNotTLS = errors.New("not a tls client hello")
 )
 
+// The first flight Balise reads is the intersection of what TLS servers
+// accept, so that whenever a server would act on a hello, Balise read the
+// same server name in it, or refused the connection:
+//
+//   - records of type handshake (22) or alert (21), record version 3.x
+//     (OpenSSL refuses any other major version; crypto/tls takes < 16.0),
+//     at most 2^14 bytes of payload (both refuse more);
+//   - the ClientHello split over any number of records, or sharing its
+//     last record with what follows;
+//   - warning alerts (2 bytes, level 1, not close_notify) before or between
+//     the hello's records, skipped as crypto/tls (16) and OpenSSL (4)
+//     skip them; empty handshake records, which OpenSSL skips (crypto/tls
+//     refuses them); at most maxSkippedRecords in all;
+//   - a hello body up to OpenSSL's limit (131396 bytes; crypto/tls stops
+//     at 65536);
+//   - an SSL 2.0-format ClientHello as the very first record (OpenSSL):
+//     no extensions, so no server name.
+//
+// Everything else is refused, including change_cipher_spec or
+// application data before the hello (both stacks refuse them).
 const (
-	recordHeaderLen  = 5
-	maxRecordPayload = 16384 + 2048 // plaintext limit plus slack some stacks use
-	maxHelloLen      = 1 << 16      // far above any real ClientHello (post-quantum shares included)
+	recordHeaderLen    = 5
+	maxRecordPayload   = 1 << 14 // TLSPlaintext.length limit (RFC 8446 5.1)
+	maxHelloLen        = 131396  // OpenSSL's CLIENT_HELLO_MAX_LENGTH
+	maxSkippedRecords  = 32      // warning alerts and empty records skipped in all
+	recordHandshake    = 22
+	recordAlert        = 21
+	handshakeHello     = 1
+	alertLevelWarning  = 1
+	alertCloseNotify   = 0
+	ssl2HelloMinLen    = 9 // msg_type, version, three lengths
+	maxSSL2SessionID   = 16
+	maxSSL2Challenge   = 32
+	minSSL2Challenge   = 16
+	maxServerNameBytes = 255 // OpenSSL's TLSEXT_MAXLEN_host_name
 
 	extServerName = 0
 	extALPN       = 16
 	extECH        = 0xfe0d
 )
+
+// helloReader reads a first flight incrementally: feed is called with
+// every byte received so far and resumes where it stopped, so a hello
+// trickled in byte by byte costs linear time.
+type helloReader struct {
+	off     int    // bytes of data consumed (whole records)
+	msg     []byte // handshake bytes reassembled so far
+	own     bool   // msg is a copy (records were joined)
+	skipped int    // alerts and empty records skipped
+	records int    // records consumed
+}
 
 // ParseClientHello parses the start of a TLS stream. The handshake
 // message may be split across several records and data may arrive in
@@ -44,60 +89,111 @@ const (
 // ErrIncomplete; anything that cannot be a ClientHello is ErrNotTLS or
 // another error. It never reads past the ClientHello and never panics.
 func ParseClientHello(data []byte) (ClientHello, error) {
-	var msg []byte // reassembled handshake bytes (only allocated when split)
-	single := true
-	off := 0
+	var h helloReader
+	return h.feed(data)
+}
+
+// feed parses data, every byte received so far (a prefix of the stream
+// that grows between calls).
+func (h *helloReader) feed(data []byte) (ClientHello, error) {
 	for {
-		if len(data)-off < recordHeaderLen {
-			if off == 0 && len(data) > 0 && data[0] != 22 {
+		rest := data[h.off:]
+		if h.records == 0 && len(rest) > 0 && rest[0]&0x80 != 0 {
+			return parseSSL2Hello(rest)
+		}
+		if len(rest) < recordHeaderLen {
+			if len(rest) > 0 && rest[0] != recordHandshake && rest[0] != recordAlert {
 				return ClientHello{}, ErrNotTLS
 			}
-			if off == 0 && len(data) > 1 && data[1] != 3 {
+			if len(rest) > 1 && rest[1] != 3 {
 				return ClientHello{}, ErrNotTLS
 			}
 			return ClientHello{}, ErrIncomplete
 		}
-		h := data[off : off+recordHeaderLen]
-		if h[0] != 22 || h[1] != 3 {
+		typ, n := rest[0], int(rest[3])<<8|int(rest[4])
+		if (typ != recordHandshake && typ != recordAlert) || rest[1] != 3 || n > maxRecordPayload {
 			return ClientHello{}, ErrNotTLS
 		}
-		n := int(h[3])<<8 | int(h[4])
-		if n == 0 || n > maxRecordPayload {
-			return ClientHello{}, ErrNotTLS
-		}
-		if len(data)-off-recordHeaderLen < n {
+		if len(rest)-recordHeaderLen < n {
 			return ClientHello{}, ErrIncomplete
 		}
-		frag := data[off+recordHeaderLen : off+recordHeaderLen+n]
-		off += recordHeaderLen + n
-		if single && msg == nil {
-			msg = frag
-		} else {
-			if single {
-				msg = append([]byte(nil), msg...)
-				single = false
+		frag := rest[recordHeaderLen : recordHeaderLen+n]
+		h.off += recordHeaderLen + n
+		h.records++
+		if typ == recordAlert || n == 0 {
+			if typ == recordAlert && (n != 2 || frag[0] != alertLevelWarning || frag[1] == alertCloseNotify) {
+				return ClientHello{}, ErrNotTLS
 			}
-			msg = append(msg, frag...)
-		}
-		if len(msg) >= 1 && msg[0] != 1 {
-			return ClientHello{}, ErrNotTLS
-		}
-		if len(msg) < 4 {
+			if h.skipped++; h.skipped > maxSkippedRecords {
+				return ClientHello{}, ErrNotTLS
+			}
 			continue
 		}
-		l := int(msg[1])<<16 | int(msg[2])<<8 | int(msg[3])
+		switch {
+		case h.msg == nil:
+			h.msg = frag
+		case !h.own:
+			h.msg = append(append(make([]byte, 0, 2*(len(h.msg)+len(frag))), h.msg...), frag...)
+			h.own = true
+		default:
+			h.msg = append(h.msg, frag...)
+		}
+		if h.msg[0] != handshakeHello {
+			return ClientHello{}, ErrNotTLS
+		}
+		if len(h.msg) < 4 {
+			continue
+		}
+		l := int(h.msg[1])<<16 | int(h.msg[2])<<8 | int(h.msg[3])
 		if l > maxHelloLen || l < 38 {
 			return ClientHello{}, ErrNotTLS
 		}
-		if len(msg)-4 < l {
+		if len(h.msg)-4 < l {
 			continue
 		}
-		ch, err := parseHelloBody(msg[4 : 4+l])
+		// What follows the hello in its record is the next message:
+		// servers read the name before they look at it.
+		ch, err := parseHelloBody(h.msg[4 : 4+l])
 		if err != nil {
 			return ClientHello{}, err
 		}
 		return ch, nil
 	}
+}
+
+// parseSSL2Hello reads an SSL 2.0-format ClientHello (a two-byte record
+// header with the high bit set, then msg_type 1) the way OpenSSL does:
+// the record must be exactly the hello. It has no server name.
+func parseSSL2Hello(data []byte) (ClientHello, error) {
+	if len(data) >= 3 && data[2] != handshakeHello {
+		return ClientHello{}, ErrNotTLS
+	}
+	if len(data) < 2 {
+		return ClientHello{}, ErrIncomplete
+	}
+	n := int(data[0]&0x7f)<<8 | int(data[1])
+	if n < ssl2HelloMinLen {
+		return ClientHello{}, ErrNotTLS
+	}
+	if len(data)-2 < n {
+		return ClientHello{}, ErrIncomplete
+	}
+	r := reader{b: data[3 : 2+n]}
+	if r.u8() != 3 { // version major: SSL 3 or TLS
+		return ClientHello{}, errMalformedHello
+	}
+	r.u8()
+	cs, sid, chal := r.u16(), r.u16(), r.u16()
+	if cs == 0 || cs%3 != 0 || sid > maxSSL2SessionID || chal < minSSL2Challenge || chal > maxSSL2Challenge {
+		return ClientHello{}, errMalformedHello
+	}
+	r.bytes(cs)
+	r.bytes(sid)
+	r.bytes(chal)
+	if r.bad || len(r.b) != 0 {
+		return ClientHello{}, errMalformedHello
+	}
+	return ClientHello{SSLv2: true}, nil
 }
 
 // reader walks a byte slice; every read checks bounds.
@@ -139,6 +235,9 @@ func (r *reader) bytes(n int) []byte {
 
 var errMalformedHello = errors.New("malformed tls client hello")
 
+// parseHelloBody reads a ClientHello body strictly: every length must
+// match (crypto/tls and OpenSSL both refuse trailing bytes), no extension
+// may appear twice (crypto/tls refuses any duplicate).
 func parseHelloBody(body []byte) (ClientHello, error) {
 	var ch ClientHello
 	r := reader{b: body}
@@ -168,37 +267,29 @@ func parseHelloBody(body []byte) (ClientHello, error) {
 	if len(r.b) == 0 {
 		return ch, nil // no extensions at all: no SNI
 	}
-	el := r.u16()
-	ext := reader{b: r.bytes(el)}
-	if r.bad {
+	ext := reader{b: r.bytes(r.u16())}
+	if r.bad || len(r.b) != 0 {
 		return ch, errMalformedHello
 	}
-	var seen [3]bool
+	seen := make(map[int]bool, 24)
 	for len(ext.b) > 0 {
 		typ := ext.u16()
 		data := ext.bytes(ext.u16())
-		if ext.bad {
+		if ext.bad || seen[typ] {
 			return ch, errMalformedHello
 		}
+		seen[typ] = true
 		switch typ {
 		case extServerName:
-			if seen[0] {
-				return ch, errMalformedHello
-			}
-			seen[0] = true
 			name, err := parseSNI(data)
 			if err != nil {
 				return ch, err
 			}
 			ch.ServerName = name
 		case extALPN:
-			if seen[1] {
-				return ch, errMalformedHello
-			}
-			seen[1] = true
 			lr := reader{b: data}
 			list := reader{b: lr.bytes(lr.u16())}
-			if lr.bad || len(lr.b) != 0 {
+			if lr.bad || len(lr.b) != 0 || len(list.b) == 0 {
 				return ch, errMalformedHello
 			}
 			for len(list.b) > 0 {
@@ -209,52 +300,54 @@ func parseHelloBody(body []byte) (ClientHello, error) {
 				ch.ALPN = append(ch.ALPN, string(p))
 			}
 		case extECH:
-			if seen[2] {
-				return ch, errMalformedHello
-			}
-			seen[2] = true
 			ch.ECH = true
 		}
 	}
 	return ch, nil
 }
 
+// parseSNI reads a server_name extension that holds exactly one
+// host_name. crypto/tls skips entries of other types and refuses two
+// host_names; OpenSSL reads only the first entry, refuses it when it is
+// not a host_name and ignores what follows: a list of one host_name is
+// the only form both read the same way.
 func parseSNI(data []byte) (string, error) {
 	r := reader{b: data}
 	list := reader{b: r.bytes(r.u16())}
-	if r.bad || len(r.b) != 0 {
+	typ := list.u8()
+	v := list.bytes(list.u16())
+	if r.bad || len(r.b) != 0 || list.bad || len(list.b) != 0 || typ != 0 {
 		return "", errMalformedHello
 	}
-	name := ""
-	for len(list.b) > 0 {
-		typ := list.u8()
-		v := list.bytes(list.u16())
-		if list.bad {
-			return "", errMalformedHello
-		}
-		if typ != 0 { // only host_name is defined
-			continue
-		}
-		if name != "" || len(v) == 0 || len(v) > 255 {
-			return "", errMalformedHello
-		}
-		for _, c := range v {
-			if c <= ' ' || c >= 0x7f {
-				return "", errMalformedHello
-			}
-		}
-		name = string(v)
+	if len(v) == 0 || len(v) > maxServerNameBytes {
+		return "", errMalformedHello
 	}
-	return name, nil
+	for _, c := range v {
+		if c <= ' ' || c >= 0x7f {
+			return "", errMalformedHello
+		}
+	}
+	return string(v), nil
 }
+
+// errHelloTooLarge means the first flight grew past the read limit
+// before a ClientHello was complete.
+var errHelloTooLarge = errors.New("tls client hello too large")
 
 // readClientHello reads from c until the bytes form a complete
 // ClientHello, are not TLS, or limit bytes have been read; it returns
-// every byte read, initial included (to replay towards the origin). The deadline bounds
-// the whole read; it is cleared before returning.
+// every byte read, initial included (to replay towards the origin). The
+// deadline bounds the whole read; it is cleared before returning.
 func readClientHello(c net.Conn, initial []byte, deadline time.Time, limit int) ([]byte, ClientHello, error) {
+	var h helloReader
+	if len(initial) > 0 {
+		ch, err := h.feed(initial)
+		if err != ErrIncomplete {
+			return initial, ch, err
+		}
+	}
 	if err := c.SetReadDeadline(deadline); err != nil {
-		return nil, ClientHello{}, err
+		return initial, ClientHello{}, err
 	}
 	defer c.SetReadDeadline(time.Time{})
 	buf := make([]byte, len(initial), max(2048, 2*len(initial)))
@@ -262,7 +355,7 @@ func readClientHello(c net.Conn, initial []byte, deadline time.Time, limit int) 
 	for {
 		if len(buf) == cap(buf) {
 			if len(buf) >= limit {
-				return buf, ClientHello{}, errMalformedHello
+				return buf, ClientHello{}, errHelloTooLarge
 			}
 			nb := make([]byte, len(buf), min(2*cap(buf), limit))
 			copy(nb, buf)
@@ -271,7 +364,7 @@ func readClientHello(c net.Conn, initial []byte, deadline time.Time, limit int) 
 		n, err := c.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if n > 0 {
-			ch, perr := ParseClientHello(buf)
+			ch, perr := h.feed(buf)
 			if perr != ErrIncomplete {
 				return buf, ch, perr
 			}
@@ -285,8 +378,8 @@ func readClientHello(c net.Conn, initial []byte, deadline time.Time, limit int) 
 	}
 }
 
-// errorsIsNotTLS reports errors that mean "no server name to read" rather
-// than a connection problem.
-func errorsIsNotTLS(err error) bool {
-	return errors.Is(err, ErrNotTLS) || errors.Is(err, errMalformedHello)
+// isUnreadableHello reports errors that mean the first flight is not a
+// ClientHello Balise can read (as opposed to a connection problem).
+func isUnreadableHello(err error) bool {
+	return errors.Is(err, ErrNotTLS) || errors.Is(err, errMalformedHello) || errors.Is(err, errHelloTooLarge)
 }

@@ -73,7 +73,7 @@ func TestParseClientHello(t *testing.T) {
 		{"ssh", []byte("SSH-2.0-OpenSSH_9.6\r\n"), "", ErrNotTLS},
 		{"alert record", []byte{21, 3, 3, 0, 2, 2, 40}, "", ErrNotTLS},
 		{"server hello type", []byte{22, 3, 3, 0, 4, 2, 0, 0, 0}, "", ErrNotTLS},
-		{"zero length record", []byte{22, 3, 1, 0, 0}, "", ErrNotTLS},
+		{"zero length record", []byte{22, 3, 1, 0, 0}, "", ErrIncomplete}, // skipped, as OpenSSL does
 		{"huge record", []byte{22, 3, 1, 0xff, 0xff}, "", ErrNotTLS},
 		{"tiny hello length", []byte{22, 3, 1, 0, 4, 1, 0, 0, 3}, "", ErrNotTLS},
 	}

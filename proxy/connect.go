@@ -2,12 +2,12 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
@@ -15,8 +15,10 @@ import (
 	"github.com/elazarl/goproxy"
 )
 
-// helloLimit bounds the bytes read while looking for a ClientHello.
-const helloLimit = maxHelloLen + 8*recordHeaderLen + 1024
+// helloLimit bounds the bytes read while looking for a ClientHello: the
+// largest hello in full records with room for small records and skipped
+// ones. A first flight that grows past it is refused.
+const helloLimit = 256 << 10
 
 // tlsAccessDenied is a fatal TLS alert (access_denied): how a tunnel
 // refused after its ClientHello is ended, since the CONNECT already
@@ -127,30 +129,52 @@ func (p *Proxy) hijackConnect(req *http.Request, conn net.Conn, _ *goproxy.Proxy
 // or nil when the connection was refused (and closed) or handed to the
 // interceptor (intercepted). The caller holds one slot of the client's
 // tunnel cap; it passes to the returned tunnel or to the interceptor.
+//
+// On an opaque port the tunnel is decided on the CONNECT host alone. On
+// any other port the first flight must be a ClientHello Balise reads
+// (see ParseClientHello); anything else, silence included, is refused.
 func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr, host string, port uint16, d policy.Decision, pol *policy.Policy, now time.Time) (t *tunnel, intercepted bool) {
-	deadline := time.Now().Add(p.opts.HeaderTimeout)
-	hello, ch, err := readClientHelloFrom(raw, pre, deadline, helloLimit)
-	switch {
-	case err == nil, errors.Is(err, ErrNotTLS), errors.Is(err, errMalformedHello):
-		// decided below; not TLS or unparsable: no name to check
-	case len(hello) == 0 && isTimeout(err) && port != 443:
-		// A protocol where the server speaks first: nothing to peek.
-	default:
-		raw.Close()
-		return nil, false
-	}
-	sni := ""
-	if err == nil && ch.ServerName != "" {
-		sni = ch.ServerName
-	}
-	final := d
+	dest := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	hosts := []string{}
 	if d.Listed() {
 		hosts = append(hosts, host)
 	}
+	if slices.Contains(p.opts.OpaquePorts, port) {
+		if d.IP && p.opts.IPLiterals == IPLiteralsDeny {
+			p.refuseTunnel(mode, refusalIPLiteral, reasonIPLiteral, raw, client, dest, d, false)
+			return nil, false
+		}
+		p.m.request(mode, kindConnect, d, -1)
+		return &tunnel{p: p, mode: mode, client: raw, clientAddr: client, hosts: hosts, replay: pre, until: earliestUntil(d)}, false
+	}
+	hello, ch, ok := p.readHello(mode, raw, pre, client, dest)
+	if !ok {
+		return nil, false
+	}
+	sni := ch.ServerName
+	if sni == "" {
+		if d.IP && p.opts.IPLiterals != IPLiteralsAllow {
+			p.refuseTunnel(mode, refusalIPLiteral, reasonIPLiteral, raw, client, dest, d, true)
+			return nil, false
+		}
+		if !p.opts.AllowNoSNI {
+			p.refuseTunnel(mode, refusalNoSNI, reasonNoSNI, raw, client, dest, d, true)
+			return nil, false
+		}
+	}
+	final := d
 	if sni != "" {
 		sd := pol.Decide(policy.Query{Host: sni, Client: client, Time: now})
-		if !sd.Invalid && sd.Listed() {
+		if sd.Invalid {
+			p.refuseTunnel(mode, refusalNotTLS, -1, raw, client, dest, policy.Decision{}, true)
+			return nil, false
+		}
+		if d.IP && sd.IP && p.opts.IPLiterals == IPLiteralsSNI {
+			// An address in server_name is not a name to decide on.
+			p.refuseTunnel(mode, refusalIPLiteral, reasonIPLiteral, raw, client, dest, d, true)
+			return nil, false
+		}
+		if sd.Listed() {
 			p.logDecision("connect", client, sni, sd, now)
 			if sd.Verdict == policy.Block {
 				if !d.Listed() || d.Verdict != policy.Block {
@@ -169,15 +193,53 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 			hosts = append(hosts, sni)
 		}
 	}
-	if d.IP && p.opts.DenyIPLiterals && (sni == "" || !final.Listed() || final.Verdict != policy.Allow) {
-		final.Verdict = policy.Block
-		p.m.request(mode, kindConnect, final, reasonIPLiteral)
-		raw.Write(tlsAccessDenied)
-		raw.Close()
+	if d.IP && p.opts.IPLiterals == IPLiteralsDeny && (sni == "" || !final.Listed() || final.Verdict != policy.Allow) {
+		p.refuseTunnel(mode, refusalIPLiteral, reasonIPLiteral, raw, client, dest, final, true)
 		return nil, false
 	}
 	p.m.request(mode, kindConnect, final, -1)
 	return &tunnel{p: p, mode: mode, client: raw, clientAddr: client, hosts: hosts, replay: hello, until: earliestUntil(d, final)}, false
+}
+
+// readHello reads the first flight of a tunnel that must be TLS. When it
+// is not a ClientHello Balise reads, it refuses the connection (counted
+// and logged as not_tls, or silent when nothing came before the header
+// timeout), closes it and reports false; a client that went away is
+// closed without a refusal.
+func (p *Proxy) readHello(mode int, c net.Conn, pre []byte, client netip.Addr, dest string) ([]byte, ClientHello, bool) {
+	hello, ch, err := readClientHello(c, pre, time.Now().Add(p.opts.HeaderTimeout), helloLimit)
+	switch {
+	case err == nil:
+		return hello, ch, true
+	case len(hello) == 0 && isTimeout(err):
+		p.refuseConn(mode, refusalSilent, client, dest)
+	case isUnreadableHello(err), isTimeout(err):
+		p.refuseConn(mode, refusalNotTLS, client, dest)
+		if len(hello) > 0 && (hello[0] == recordHandshake || hello[0] == recordAlert) {
+			// It looked like TLS: say why it ends.
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			c.Write(tlsAccessDenied)
+		}
+	}
+	c.Close()
+	return nil, ClientHello{}, false
+}
+
+// refuseTunnel ends a tunnel refused for what it is rather than for a
+// listed host: counted as a refusal (and as a blocked decision with the
+// proxy's reason when reason >= 0), logged, closed with a TLS
+// access_denied alert when the client spoke TLS.
+func (p *Proxy) refuseTunnel(mode, refusal, reason int, c net.Conn, client netip.Addr, dest string, d policy.Decision, alert bool) {
+	if reason >= 0 {
+		d.Verdict = policy.Block
+		p.m.request(mode, kindConnect, d, reason)
+	}
+	p.refuseConn(mode, refusal, client, dest)
+	if alert {
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write(tlsAccessDenied)
+	}
+	c.Close()
 }
 
 func earliestUntil(ds ...policy.Decision) time.Time {
@@ -198,17 +260,6 @@ func serviceName(d policy.Decision, host string) string {
 		return d.Service
 	}
 	return host
-}
-
-// readClientHelloFrom is readClientHello with bytes already received.
-func readClientHelloFrom(c net.Conn, pre []byte, deadline time.Time, limit int) ([]byte, ClientHello, error) {
-	if len(pre) > 0 {
-		ch, err := ParseClientHello(pre)
-		if err != ErrIncomplete {
-			return pre, ch, err
-		}
-	}
-	return readClientHello(c, pre, deadline, limit)
 }
 
 // dialContext is used by tests and the transparent mode to reach a

@@ -242,16 +242,24 @@ func TestConnectPorts(t *testing.T) {
 
 func TestIPLiterals(t *testing.T) {
 	_, roots, port := originTLS(t)
-	for _, deny := range []bool{false, true} {
+	target := "127.0.0.1:" + port
+	for _, mode := range []IPLiteralMode{IPLiteralsSNI, IPLiteralsAllow, IPLiteralsDeny} {
 		e := startEnv(t, testSpec(), func(o *Options) {
 			o.ConnectPorts = []uint16{mustPort(t, port)}
-			o.DenyIPLiterals = deny
+			o.IPLiterals = mode
 		})
-		tc, code, err := tlsOverTunnel(t, e.addr, "", "127.0.0.1:"+port, "example.com", roots, false)
+		tc, code, err := tlsOverTunnel(t, e.addr, "", target, "example.com", roots, false)
 		if code != 200 {
-			t.Fatalf("CONNECT IP literal = %d, want 200", code)
+			t.Fatalf("mode %d: CONNECT IP literal = %d, want 200", mode, code)
 		}
-		if deny {
+		refused := func(reason string, want float64) {
+			t.Helper()
+			if got := e.metric("balise_proxy_refusals_total", map[string]string{"mode": "explicit", "reason": reason}); got != want {
+				t.Errorf("mode %d: refusals{%s} = %v, want %v", mode, reason, got, want)
+			}
+		}
+		switch mode {
+		case IPLiteralsDeny:
 			if err == nil {
 				tc.Close()
 				t.Errorf("ip_literals=deny: TLS to an IP literal with an unlisted SNI succeeded")
@@ -259,25 +267,58 @@ func TestIPLiterals(t *testing.T) {
 			if got := e.metric("balise_proxy_requests_total", map[string]string{"kind": "connect", "verdict": "block", "reason": "ip_literal"}); got != 1 {
 				t.Errorf("requests{block,ip_literal} = %v, want 1", got)
 			}
+			refused("ip_literal", 1)
 			// A listed, allowed SNI passes even to an IP literal.
-			tc, _, err = tlsOverTunnel(t, e.addr, "127.0.0.2", "127.0.0.1:"+port, "social.test", nil, true)
+			tc, _, err = tlsOverTunnel(t, e.addr, "127.0.0.2", target, "social.test", nil, true)
 			if err != nil {
 				t.Errorf("ip_literals=deny, allowed listed SNI: %v", err)
 			} else {
 				tc.Close()
 			}
-		} else {
+		default:
+			// sni and allow: a server name is decided like any host.
 			if err != nil {
-				t.Fatalf("ip_literals=allow: %v", err)
+				t.Fatalf("mode %d: IP literal with an unlisted SNI: %v", mode, err)
 			}
 			resp, _ := get(t, tc, "example.com", "/", "")
 			tc.Close()
 			if resp.StatusCode != 200 {
-				t.Errorf("ip_literals=allow: status %d", resp.StatusCode)
+				t.Errorf("mode %d: status %d", mode, resp.StatusCode)
 			}
+			// A blocked SNI is blocked behind an IP literal.
+			if tc, _, err := tlsOverTunnel(t, e.addr, "", target, "social.test", nil, true); err == nil {
+				tc.Close()
+				t.Errorf("mode %d: a blocked SNI went through to an IP literal", mode)
+			}
+		}
+		// No server name at all: refused under sni and deny (ip_literal),
+		// under allow by no_sni = "deny".
+		if tc, _, err := tlsOverTunnel(t, e.addr, "", target, "", nil, true); err == nil {
+			tc.Close()
+			t.Errorf("mode %d: a hello without SNI to an IP literal went through", mode)
+		}
+		switch mode {
+		case IPLiteralsAllow:
+			refused("no_sni", 1)
+			refused("ip_literal", 0)
+		case IPLiteralsSNI:
+			refused("ip_literal", 1)
+			refused("no_sni", 0)
 		}
 		e.stop()
 	}
+	// ip_literals = "allow" with no_sni = "allow": decided on the address.
+	e := startEnv(t, testSpec(), func(o *Options) {
+		o.ConnectPorts = []uint16{mustPort(t, port)}
+		o.IPLiterals = IPLiteralsAllow
+		o.AllowNoSNI = true
+	})
+	defer e.stop()
+	tc, _, err := tlsOverTunnel(t, e.addr, "", target, "", nil, true)
+	if err != nil {
+		t.Fatalf("ip_literals=allow, no_sni=allow, no SNI: %v", err)
+	}
+	tc.Close()
 }
 
 func TestDialFailure(t *testing.T) {
@@ -391,6 +432,7 @@ func TestIdleTimeoutAndHalfClose(t *testing.T) {
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	e := startEnv(t, testSpec(), func(o *Options) {
 		o.ConnectPorts = []uint16{mustPort(t, port)}
+		o.OpaquePorts = o.ConnectPorts // the origin does not speak TLS
 		o.IdleTimeout = time.Second
 	})
 	// Half-close: the answer still comes back after CloseWrite.
@@ -435,7 +477,10 @@ func TestIPv6(t *testing.T) {
 	go srv.Serve(ln)
 	defer srv.Close()
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	e := startEnv(t, testSpec(), func(o *Options) { o.ConnectPorts = []uint16{mustPort(t, port)} })
+	e := startEnv(t, testSpec(), func(o *Options) {
+		o.ConnectPorts = []uint16{mustPort(t, port)}
+		o.OpaquePorts = o.ConnectPorts // plain HTTP through the tunnel: decided on the address
+	})
 	// The proxy listens on 127.0.0.1 in startEnv; reach a v6 origin both
 	// as plain HTTP and through a CONNECT to an IPv6 literal.
 	resp, err := e.client(nil, "").Get("http://[::1]:" + port + "/")

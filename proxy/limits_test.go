@@ -29,6 +29,7 @@ func TestTunnelCapPerClient(t *testing.T) {
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	e := startEnv(t, testSpec(), func(o *Options) {
 		o.ConnectPorts = []uint16{mustPort(t, port)}
+		o.OpaquePorts = o.ConnectPorts // the origin does not speak TLS
 		o.MaxTunnelsPerClient = 2
 	})
 	target := "unlisted.test:" + port

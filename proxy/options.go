@@ -55,10 +55,16 @@ type Options struct {
 	AllowedClients []netip.Prefix
 	// ConnectPorts are the destination ports CONNECT may reach. Empty: 443.
 	ConnectPorts []uint16
-	// DenyIPLiterals refuses tunnels to IP-literal destinations whose TLS
-	// server name is not a listed, allowed service. False (ip_literals =
-	// "allow"): such tunnels are decided on the address alone.
-	DenyIPLiterals bool
+	// IPLiterals says how tunnels to IP-literal destinations are decided.
+	// Zero (IPLiteralsSNI): the ClientHello must carry a server name,
+	// decided like any host, and the address is decided too.
+	IPLiterals IPLiteralMode
+	// OpaquePorts are CONNECT ports whose traffic is not TLS: tunnels to
+	// them are decided on the CONNECT host alone, without reading a
+	// ClientHello. Empty: none; on every port of ConnectPorts the client's
+	// first bytes must be a ClientHello Balise reads, or the tunnel is
+	// closed.
+	OpaquePorts []uint16
 
 	// Resolver is a DNS server "host:port" used to resolve destinations.
 	// Empty: the system resolver.
@@ -142,10 +148,11 @@ type Options struct {
 	// destination from its local address (iptables/nftables TPROXY, with
 	// IP_TRANSPARENT listeners) instead of SO_ORIGINAL_DST (REDIRECT).
 	TPROXY bool
-	// DenyNoSNI refuses transparent HTTPS connections whose ClientHello
-	// carries no server name. False (no_sni = "allow"): they are decided
-	// on the destination address.
-	DenyNoSNI bool
+	// AllowNoSNI lets tunnels, explicit and transparent, whose ClientHello
+	// carries no server name through, decided on the CONNECT host or the
+	// destination address. False (no_sni = "deny"): they are refused,
+	// except on OpaquePorts.
+	AllowNoSNI bool
 	// OriginalDestination returns where a redirected connection was going.
 	// Nil: SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST, or the local address
 	// with TPROXY.
@@ -155,6 +162,25 @@ type Options struct {
 	// block page and /.balise/ answers 404.
 	Exceptions Exceptions
 }
+
+// IPLiteralMode is how tunnels to IP-literal destinations are decided
+// (config proxy.ip_literals). Plain HTTP to an IP literal is always
+// decided on the address.
+type IPLiteralMode int
+
+const (
+	// IPLiteralsSNI (the zero value, "sni"): a tunnel to an IP literal
+	// must carry a TLS server name (not itself an address), which is
+	// decided like any host; the address is decided too. On OpaquePorts
+	// the address alone decides.
+	IPLiteralsSNI IPLiteralMode = iota
+	// IPLiteralsAllow ("allow"): decided on the address; a server name,
+	// when there is one, is still checked like on any tunnel.
+	IPLiteralsAllow
+	// IPLiteralsDeny ("deny"): refused unless the server name is a
+	// listed, allowed service.
+	IPLiteralsDeny
+)
 
 func (o *Options) setDefaults() {
 	if o.Logger == nil {

@@ -235,11 +235,9 @@ func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
 			p.tunnel.release(client)
 		}
 	}()
-	hello, ch, err := readClientHello(c, nil, time.Now().Add(p.opts.HeaderTimeout), helloLimit)
-	switch {
-	case err == nil, errorsIsNotTLS(err):
-	default:
-		c.Close()
+	dest := orig.String()
+	hello, ch, ok := p.readHello(modeTransparent, c, nil, client, dest)
+	if !ok {
 		return
 	}
 	pol := p.opts.Policy.Load()
@@ -248,15 +246,15 @@ func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
 	var d policy.Decision
 	if host != "" {
 		d = pol.Decide(policy.Query{Host: host, Client: client, Time: now})
-	}
-	if host == "" || d.Invalid {
+		if d.Invalid {
+			p.refuseTunnel(modeTransparent, refusalNotTLS, -1, c, client, dest, policy.Decision{}, true)
+			return
+		}
+	} else {
 		host = orig.Addr().String()
 		d = pol.Decide(policy.Query{Host: host, Client: client, Time: now})
-		if p.opts.DenyNoSNI && !d.Listed() {
-			d.Verdict = policy.Block
-			p.m.request(modeTransparent, kindConnect, d, reasonNoSNI)
-			c.Write(tlsAccessDenied)
-			c.Close()
+		if !p.opts.AllowNoSNI {
+			p.refuseTunnel(modeTransparent, refusalNoSNI, reasonNoSNI, c, client, dest, d, true)
 			return
 		}
 	}

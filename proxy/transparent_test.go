@@ -161,7 +161,7 @@ func TestTransparentNoSNIAndClients(t *testing.T) {
 		dsts := &dstMap{}
 		e := startEnv(t, testSpec(), func(o *Options) {
 			o.OriginalDestination = dsts.hook
-			o.DenyNoSNI = deny
+			o.AllowNoSNI = !deny
 		})
 		_, sa := startTransparent(t, e)
 		dsts.set(sa, sdst)
@@ -173,6 +173,9 @@ func TestTransparentNoSNIAndClients(t *testing.T) {
 			}
 			if got := e.metric("balise_proxy_requests_total", map[string]string{"mode": "transparent", "reason": "no_sni"}); got != 1 {
 				t.Errorf("requests{no_sni} = %v, want 1", got)
+			}
+			if got := e.metric("balise_proxy_refusals_total", map[string]string{"mode": "transparent", "reason": "no_sni"}); got != 1 {
+				t.Errorf("refusals{transparent,no_sni} = %v, want 1", got)
 			}
 		} else {
 			if err != nil {

@@ -173,7 +173,6 @@ func proxyOptions(cfg *config.Config, rt *runtime) (proxy.Options, error) {
 		Decisions:             rt.decisions,
 		Clock:                 rt.now,
 		AllowedClients:        pc.AllowedClients,
-		DenyIPLiterals:        pc.IPLiterals == "deny",
 		Resolver:              pc.Resolver,
 		DialTimeout:           pc.DialTimeout,
 		ParentCredentialsFile: pc.ParentCredentialsFile,
@@ -192,13 +191,25 @@ func proxyOptions(cfg *config.Config, rt *runtime) (proxy.Options, error) {
 		BlockMessageEN:        cfg.BlockMessageEN,
 		ServiceHosts:          serviceHosts(cfg),
 		TPROXY:                pc.TransparentMode == "tproxy",
-		DenyNoSNI:             pc.NoSNI == "deny",
+		AllowNoSNI:            pc.NoSNI == "allow",
 		DenyDestinations:      pc.DenyDestinations,
 		AllowDestinations:     pc.AllowDestinations,
 		OwnListeners:          rt.ownListeners(),
 	}
 	if pc.MaxTunnelsPerClient == 0 {
 		o.MaxTunnelsPerClient = -1 // config: 0 = unlimited
+	}
+	switch pc.IPLiterals {
+	case "allow":
+		o.IPLiterals = proxy.IPLiteralsAllow
+	case "deny":
+		o.IPLiterals = proxy.IPLiteralsDeny
+	}
+	for _, port := range pc.OpaquePorts {
+		if port < 1 || port > 65535 {
+			return o, fmt.Errorf("proxy: opaque_ports: %d is not a port", port)
+		}
+		o.OpaquePorts = append(o.OpaquePorts, uint16(port))
 	}
 	for _, port := range pc.ConnectPorts {
 		if port < 1 || port > 65535 {
