@@ -73,6 +73,8 @@ var knownMetrics = map[string]bool{
 	"balise_dns_stale_answers_total":               true,
 	"balise_dns_malformed_total":                   true,
 	"balise_dns_rate_limited_total":                true,
+	"balise_dns_refusals_total":                    true,
+	"balise_dns_tcp_connections":                   true,
 	"balise_proxy_requests_total":                  true,
 	"balise_proxy_refusals_total":                  true,
 	"balise_proxy_tunnels_active":                  true,

@@ -139,8 +139,8 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 	if d.Listed() {
 		hosts = append(hosts, host)
 	}
-	if slices.Contains(p.opts.OpaquePorts, port) {
-		if d.IP && p.opts.IPLiterals == IPLiteralsDeny {
+	if slices.Contains(p.cfg().OpaquePorts, port) {
+		if d.IP && p.cfg().IPLiterals == IPLiteralsDeny {
 			p.refuseTunnel(mode, refusalIPLiteral, reasonIPLiteral, raw, client, dest, d, false)
 			return nil, false
 		}
@@ -153,11 +153,11 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 	}
 	sni := ch.ServerName
 	if sni == "" {
-		if d.IP && p.opts.IPLiterals != IPLiteralsAllow {
+		if d.IP && p.cfg().IPLiterals != IPLiteralsAllow {
 			p.refuseTunnel(mode, refusalIPLiteral, reasonIPLiteral, raw, client, dest, d, true)
 			return nil, false
 		}
-		if !p.opts.AllowNoSNI {
+		if !p.cfg().AllowNoSNI {
 			p.refuseTunnel(mode, refusalNoSNI, reasonNoSNI, raw, client, dest, d, true)
 			return nil, false
 		}
@@ -169,7 +169,7 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 			p.refuseTunnel(mode, refusalNotTLS, -1, raw, client, dest, policy.Decision{}, true)
 			return nil, false
 		}
-		if d.IP && sd.IP && p.opts.IPLiterals == IPLiteralsSNI {
+		if d.IP && sd.IP && p.cfg().IPLiterals == IPLiteralsSNI {
 			// An address in server_name is not a name to decide on.
 			p.refuseTunnel(mode, refusalIPLiteral, reasonIPLiteral, raw, client, dest, d, true)
 			return nil, false
@@ -193,7 +193,7 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 			hosts = append(hosts, sni)
 		}
 	}
-	if d.IP && p.opts.IPLiterals == IPLiteralsDeny && (sni == "" || !final.Listed() || final.Verdict != policy.Allow) {
+	if d.IP && p.cfg().IPLiterals == IPLiteralsDeny && (sni == "" || !final.Listed() || final.Verdict != policy.Allow) {
 		p.refuseTunnel(mode, refusalIPLiteral, reasonIPLiteral, raw, client, dest, final, true)
 		return nil, false
 	}

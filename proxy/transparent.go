@@ -224,7 +224,7 @@ func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
 			p.tunnel.end()
 		}
 	}()
-	if !p.tunnel.acquire(client, p.opts.MaxTunnelsPerClient) {
+	if !p.tunnel.acquire(client, p.cfg().MaxTunnelsPerClient) {
 		p.m.refusals[modeTransparent][refusalLimit].Inc()
 		c.Close()
 		return
@@ -253,7 +253,7 @@ func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
 	} else {
 		host = orig.Addr().String()
 		d = pol.Decide(policy.Query{Host: host, Client: client, Time: now})
-		if !p.opts.AllowNoSNI {
+		if !p.cfg().AllowNoSNI {
 			p.refuseTunnel(modeTransparent, refusalNoSNI, reasonNoSNI, c, client, dest, d, true)
 			return
 		}
