@@ -60,7 +60,8 @@ func (p *Proxy) StartTransparentHTTP(ctx context.Context, ln net.Listener) <-cha
 	gp := goproxy.NewProxyHttpServer()
 	gp.Logger = log.New(io.Discard, "", 0)
 	gp.Tr = p.tr
-	// A CONNECT sent to this port is tunnelled the way tunnels are dialled
+	// A CONNECT sent to this port is refused by serveTransparentHTTP; were
+	// one to reach goproxy, it would be dialled the way tunnels are
 	// (destinations checked, through the parent if any), never through
 	// goproxy's own dialer or HTTPS_PROXY.
 	gp.ConnectDialWithReq = func(r *http.Request, _, addr string) (net.Conn, error) { return p.dial.dialTunnel(r.Context(), addr) }
@@ -108,6 +109,14 @@ func (p *Proxy) serveTransparentHTTP(gp *goproxy.ProxyHttpServer, w http.Respons
 	if !orig.IsValid() {
 		p.m.refusals[modeTransparent][refusalBadRequest].Inc()
 		p.refuse(w, http.StatusBadGateway, "destination_unavailable", "no usable original destination", "Balise: no usable original destination\n")
+		return
+	}
+	if r.Method == http.MethodConnect {
+		// Redirected port-80 traffic is plain HTTP: a CONNECT here would
+		// open a tunnel no ClientHello was read for.
+		p.refuseConn(modeTransparent, refusalBadRequest, client, orig.String())
+		p.refuse(w, http.StatusMethodNotAllowed, "http_request_error", "CONNECT on the transparent HTTP port",
+			"Balise : CONNECT refusé sur ce port / CONNECT not allowed on this port\n")
 		return
 	}
 	host := r.Host

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -207,4 +208,36 @@ func get2(t *testing.T, c net.Conn, host string) (int, string) {
 	t.Helper()
 	resp, body := get(t, c, host, "/x", "")
 	return resp.StatusCode, body
+}
+
+// A CONNECT sent to the transparent HTTP port is refused (405), even to a
+// destination the proxy may reach: redirected port-80 traffic is plain
+// HTTP, and a tunnel opened there would carry bytes no ClientHello was
+// read for. The origin is never dialled.
+func TestTransparentHTTPRefusesConnect(t *testing.T) {
+	addr, conns := countingOrigin(t, "127.0.0.1:0")
+	dsts := &dstMap{}
+	e := startEnv(t, testSpec(), func(o *Options) { o.OriginalDestination = dsts.hook })
+	ha, _ := startTransparent(t, e)
+	dsts.set(ha, addr.String())
+	c, _, code := rawConnect(t, ha, "", "unlisted.test:443")
+	c.Close()
+	if code != http.StatusMethodNotAllowed {
+		t.Errorf("CONNECT on the transparent HTTP port = %d, want 405", code)
+	}
+	if n := conns.Load(); n != 0 {
+		t.Errorf("the origin saw %d connections, want 0", n)
+	}
+	// Plain HTTP on the same port still reaches the allowed origin.
+	hc, err := net.Dial("tcp", ha)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hc.Close()
+	hc.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(hc, "GET / HTTP/1.1\r\nHost: unlisted.test\r\nConnection: close\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(hc), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("plain HTTP on the transparent port = %v %v, want 200", resp, err)
+	}
 }
