@@ -205,7 +205,6 @@ func TestTLSGate(t *testing.T) {
 	opaque, speaksFirst := tgBanner(t), tgBanner(t)
 	cfg := pxConfig(pxDNS(t), goTLS, fmt.Sprintf(`connect_ports = [443, %s, %s, %s, %s]
 opaque_ports = [%s]
-allow_destinations = ["127.0.0.0/8", "::1/128"]
 header_timeout = "2s"`, goTLS, sslPort, opaque, speaksFirst, opaque), "")
 	// pxConfig already sets connect_ports: keep the second one.
 	cfg = strings.Replace(cfg, "connect_ports = [443, "+goTLS+"]\n", "", 1)
