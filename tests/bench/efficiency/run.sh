@@ -22,10 +22,11 @@
 #            1,000,000 names, 30 % under listed domains; every target
 #            blocks the same 1,000,000 domains (NXDOMAIN), caches up to
 #            CACHE answers (unbound: byte sizes giving about as many
-#            messages) and forwards misses to one local responder
-#            (tests/bench/dns/responder). The cache is filled by a warm-up
-#            with another draw of the same mix, so that it is full and
-#            evicting; rate limiting is off in Balise.
+#            messages; dnsmasq: DNSMASQ_CACHE, see below) and forwards
+#            misses to one local responder (tests/bench/dns/responder).
+#            The caches are filled by a warm-up with another draw of the
+#            same mix, so that they are full and evicting; rate limiting
+#            is off in Balise.
 # For each path and target: the CPU run sends a fixed rate (the server's
 # utime+stime from /proc/PID/stat, its threads and children included,
 # before and after, divided by the requests answered) and the max run sends
@@ -35,7 +36,10 @@
 # Environment: DURATION (s per CPU run, default 10), MAX_DURATION (s per
 #   max run, default 5), ROUNDS (default 1), CONNECT_RATE (default 300),
 #   PLAIN_RATE (default 3000), DNS_RATE (default 10000), CACHE (default
-#   100000), ZIPF_S (default 0.9), WARM_QUERIES (default 400000),
+#   100000), ZIPF_S (default 0.9), WARM_QUERIES (default 400000, at
+#   most WARM_SECONDS per target, default 20), DNSMASQ_CACHE (default
+#   10000: once full, a 100,000-entry dnsmasq 2.90 cache answers a few
+#   dozen queries per second, so dnsmasq keeps its classic maximum),
 #   CLIENTS/OUTSTANDING (dnsperf -c/-q of max runs, default 8/200),
 #   PROFILE (a directory: then one more CPU run per path under
 #   `perf record` of Balise; reports are written there and the tops printed).
@@ -52,6 +56,8 @@ DNS_RATE=${DNS_RATE:-10000}
 CACHE=${CACHE:-100000}
 ZIPF_S=${ZIPF_S:-0.9}
 WARM_QUERIES=${WARM_QUERIES:-400000}
+WARM_SECONDS=${WARM_SECONDS:-20}
+DNSMASQ_CACHE=${DNSMASQ_CACHE:-10000}
 CLIENTS=${CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-200}
 PROFILE=${PROFILE:-}
@@ -79,6 +85,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+trap 'echo "run.sh: line $LINENO failed: $BASH_COMMAND" >&2' ERR
 ulimit -n 65536 2>/dev/null || true
 LOAD_BEFORE=$(uptime)
 
@@ -152,6 +159,7 @@ cache_log $WORK/squid/cache.log
 pid_filename $WORK/squid/squid.pid
 coredump_dir $WORK/squid
 visible_hostname bench
+pinger_enable off
 shutdown_lifetime 1 seconds
 via off
 forwarded_for delete
@@ -206,7 +214,7 @@ start squid squid -N -f "$WORK/squid/squid.conf"
 start relay "$WORK/relay" -listen 127.0.0.1:$P_RELAY -hosts "$ORIGIN=127.0.0.1"
 start unbound unbound -d -c "$WORK/unbound.conf"
 start dnsmasq dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll --port=$P_DNSMASQ \
-	--listen-address=127.0.0.1 --bind-interfaces --user=root --pid-file= --cache-size="$CACHE" \
+	--listen-address=127.0.0.1 --bind-interfaces --user=root --pid-file= --cache-size="$DNSMASQ_CACHE" \
 	--dns-forward-max=5000 --server=127.0.0.1#$P_UP --conf-file="$WORK/dnsmasq-list.conf" \
 	--log-facility="$WORK/dnsmasq-stats.log"
 
@@ -253,7 +261,8 @@ ready dnsmasq dns_ok $P_DNSMASQ
 
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { # pid: utime+stime of the process, its threads and descendants
-	cat /proc/[0-9]*/stat 2>/dev/null | awk -v root="$1" '{
+	# Processes come and go while cat reads: ignore the ones that vanish.
+	{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$1" '{
 		pid = $1; rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " ")
 		parent[pid] = f[2]; t[pid] = f[12] + f[13]
 	} END {
@@ -348,13 +357,13 @@ misses() { # target
 	esac
 }
 
-echo "== warming up: proxies (1 s each), DNS caches ($WARM_QUERIES queries each)" >&2
+echo "== warming up: proxies (1 s each), DNS caches ($WARM_QUERIES queries or $WARM_SECONDS s each)" >&2
 for t in balise squid relay; do
 	client connect $t "$CONNECT_RATE" 1 >/dev/null
 	[[ $t == relay ]] || client plain $t "$PLAIN_RATE" 1 >/dev/null
 done
 for t in balise unbound dnsmasq; do
-	dnsperf_run "$(dnsport_of $t)" "$WORK/q-warm.txt" -n 1 >/dev/null
+	dnsperf_run "$(dnsport_of $t)" "$WORK/q-warm.txt" -n 1 -l "$WARM_SECONDS" >/dev/null
 done
 RSS_BALISE=$(awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$PID_balise/status")
 
@@ -432,7 +441,7 @@ awk -v a="$(get dns:dnsmasq:max)" -v b="$(get dns:unbound:max)" 'BEGIN { exit !(
 echo "Balise ÷ unbound, CPU per query: $(ratio "$(get dns:balise:cpu)" "$(get dns:unbound:cpu)");" \
 	"Balise ÷ dnsmasq: $(ratio "$(get dns:balise:cpu)" "$(get dns:dnsmasq:cpu)");" \
 	"max qps Balise ÷ $best (the better): $(ratio "$(get dns:balise:max)" "$(get dns:$best:max)")"
-echo "Cache entries at the end: Balise $CACHE_BALISE, unbound $CACHE_UNBOUND messages ($UB_MSG msg + $UB_RRSET rrset), dnsmasq $CACHE (cache-size)"
+echo "Cache entries at the end: Balise $CACHE_BALISE, unbound $CACHE_UNBOUND messages ($UB_MSG msg + $UB_RRSET rrset), dnsmasq $DNSMASQ_CACHE (cache-size)"
 echo "(CPU ms/1000: milliseconds of the server's CPU time per 1,000 answered requests; ÷ below 1 means Balise spends less)"
 
 if [[ -n $PROFILE ]]; then
@@ -448,10 +457,13 @@ if [[ -n $PROFILE ]]; then
 		esac
 		kill -INT $PERF
 		wait $PERF || true
-		perf report -i "$PROFILE/$path.data" --no-children --sort symbol --stdio 2>/dev/null >"$PROFILE/$path.self.txt"
+		perf report -i "$PROFILE/$path.data" --no-children --sort symbol --stdio -g none 2>/dev/null >"$PROFILE/$path.self.txt"
 		perf report -i "$PROFILE/$path.data" --children --sort symbol --stdio -g none 2>/dev/null >"$PROFILE/$path.children.txt"
 		echo
-		echo "Balise profile, $path (self time, top 15; full reports in $PROFILE/$path.*.txt)"
-		grep -v '^#' "$PROFILE/$path.self.txt" | grep -v '^$' | head -15
+		echo "Balise profile, $path: self time, top 12 (kernel [k], Go [.])"
+		awk '/^ +[0-9.]+%/ && n < 12 { print "   ", $1, $2, $3; n++ }' "$PROFILE/$path.self.txt"
+		echo "Balise profile, $path: Go functions including callees, top 25 (runtime entry points left out)"
+		awk '/^ +[0-9.]+%/ && $3 == "[.]" && $4 !~ /goexit|mstart|mcall|gowrap|systemstack|^runtime\.(schedule|park_m)$/ && n < 25 { print "   ", $1, $4; n++ }' \
+			"$PROFILE/$path.children.txt"
 	done
 fi
