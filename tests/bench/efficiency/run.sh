@@ -107,8 +107,12 @@ echo "== building" >&2
 
 echo "== generating the list and the query files" >&2
 "$WORK/querygen" -n "$WARM_QUERIES" -s "$ZIPF_S" -seed 1 -queries "$WORK/q-warm.txt" -list "$WORK/list.txt" -list-size $LIST_SIZE
-"$WORK/querygen" -n 1000000 -s "$ZIPF_S" -seed 2 -queries "$WORK/q-cpu.txt"
-"$WORK/querygen" -n 1000000 -s "$ZIPF_S" -seed 3 -queries "$WORK/q-max.txt"
+# Each round (and the profile) draws new CPU and max query files from the
+# same mix, so that the caches stay in the same steady state.
+draw() { # seed: writes q-cpu.txt and q-max.txt
+	"$WORK/querygen" -n $((DNS_RATE * DURATION * 11 / 10 + 1000)) -s "$ZIPF_S" -seed "$1" -queries "$WORK/q-cpu.txt" &&
+		"$WORK/querygen" -n 1000000 -s "$ZIPF_S" -seed $(($1 + 1)) -queries "$WORK/q-max.txt"
+}
 awk '{ print "local-zone: \"" $1 ".\" always_nxdomain" }' "$WORK/list.txt" >"$WORK/unbound-zones.conf"
 awk '{ print "address=/" $1 "/" }' "$WORK/list.txt" >"$WORK/dnsmasq-list.conf"
 echo "127.0.0.1 $ORIGIN" >"$WORK/hosts"
@@ -369,6 +373,7 @@ RSS_BALISE=$(awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$PID_balise/statu
 
 for round in $(seq 1 "$ROUNDS"); do
 	echo "== round $round/$ROUNDS" >&2
+	draw $((2 * round))
 	for t in balise squid relay; do
 		cpu_run "connect:$t" "$(pid_of $t)" client connect $t "$CONNECT_RATE" "$DURATION"
 		read -r r _ f <<<"$(client connect $t 0 "$MAX_DURATION")"
@@ -447,6 +452,7 @@ echo "(CPU ms/1000: milliseconds of the server's CPU time per 1,000 answered req
 if [[ -n $PROFILE ]]; then
 	mkdir -p "$PROFILE"
 	echo "== profiling Balise (perf record, one CPU run per path)" >&2
+	draw 1000
 	for path in connect plain dns; do
 		perf record -q -F 499 -g -p "$PID_balise" -o "$PROFILE/$path.data" >/dev/null 2>&1 &
 		PERF=$!
