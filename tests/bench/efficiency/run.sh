@@ -37,7 +37,7 @@
 #   max run, default 5), ROUNDS (default 1), CONNECT_RATE (default 300),
 #   PLAIN_RATE (default 3000), DNS_RATE (default 10000), CACHE (default
 #   100000), ZIPF_S (default 0.9), WARM_QUERIES (default 400000, at
-#   most WARM_SECONDS per target, default 20), DNSMASQ_CACHE (default
+#   most WARM_SECONDS per target, default 15), DNSMASQ_CACHE (default
 #   10000: once full, a 100,000-entry dnsmasq 2.90 cache answers a few
 #   dozen queries per second, so dnsmasq keeps its classic maximum),
 #   CLIENTS/OUTSTANDING (dnsperf -c/-q of max runs, default 8/200),
@@ -56,7 +56,7 @@ DNS_RATE=${DNS_RATE:-10000}
 CACHE=${CACHE:-100000}
 ZIPF_S=${ZIPF_S:-0.9}
 WARM_QUERIES=${WARM_QUERIES:-400000}
-WARM_SECONDS=${WARM_SECONDS:-20}
+WARM_SECONDS=${WARM_SECONDS:-15}
 DNSMASQ_CACHE=${DNSMASQ_CACHE:-10000}
 CLIENTS=${CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-200}
@@ -99,13 +99,13 @@ P_BALISE=$(freeport tcp) P_SQUID=$(freeport tcp) P_RELAY=$(freeport tcp) P_METRI
 P_NAMES=$(freeport udp) P_UP=$(freeport udp) P_BDNS=$(freeport udp) P_UNBOUND=$(freeport udp) P_DNSMASQ=$(freeport udp)
 ORIGIN=origin.bench.test
 
-echo "== building" >&2
+echo "== [${SECONDS}s] building" >&2
 (cd "$ROOT" && go build -o "$WORK/balise" ./cmd/balise &&
 	for t in proxy/origin proxy/client proxy/relay dns/responder dns/querygen; do
 		go build -o "$WORK/${t#*/}" "./tests/bench/$t" || exit 1
 	done)
 
-echo "== generating the list and the query files" >&2
+echo "== [${SECONDS}s] generating the list and the query files" >&2
 "$WORK/querygen" -n "$WARM_QUERIES" -s "$ZIPF_S" -seed 1 -queries "$WORK/q-warm.txt" -list "$WORK/list.txt" -list-size $LIST_SIZE
 # Each round (and the profile) draws new CPU and max query files from the
 # same mix, so that the caches stay in the same steady state.
@@ -201,7 +201,7 @@ forward-zone:
 	forward-addr: 127.0.0.1@$P_UP
 EOF
 
-echo "== starting the targets" >&2
+echo "== [${SECONDS}s] starting the targets" >&2
 start() { # name command...: runs in the background, logs to $WORK/name.log
 	local name=$1
 	shift
@@ -361,7 +361,7 @@ misses() { # target
 	esac
 }
 
-echo "== warming up: proxies (1 s each), DNS caches ($WARM_QUERIES queries or $WARM_SECONDS s each)" >&2
+echo "== [${SECONDS}s] warming up: proxies (1 s each), DNS caches ($WARM_QUERIES queries or $WARM_SECONDS s each)" >&2
 for t in balise squid relay; do
 	client connect $t "$CONNECT_RATE" 1 >/dev/null
 	[[ $t == relay ]] || client plain $t "$PLAIN_RATE" 1 >/dev/null
@@ -372,7 +372,7 @@ done
 RSS_BALISE=$(awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$PID_balise/status")
 
 for round in $(seq 1 "$ROUNDS"); do
-	echo "== round $round/$ROUNDS" >&2
+	echo "== [${SECONDS}s] round $round/$ROUNDS" >&2
 	draw $((2 * round))
 	for t in balise squid relay; do
 		cpu_run "connect:$t" "$(pid_of $t)" client connect $t "$CONNECT_RATE" "$DURATION"
@@ -451,7 +451,7 @@ echo "(CPU ms/1000: milliseconds of the server's CPU time per 1,000 answered req
 
 if [[ -n $PROFILE ]]; then
 	mkdir -p "$PROFILE"
-	echo "== profiling Balise (perf record, one CPU run per path)" >&2
+	echo "== [${SECONDS}s] profiling Balise (perf record, one CPU run per path)" >&2
 	draw 1000
 	for path in connect plain dns; do
 		perf record -q -F 499 -g -p "$PID_balise" -o "$PROFILE/$path.data" >/dev/null 2>&1 &
