@@ -4,10 +4,11 @@
 # against unbound and dnsmasq (DNS), all started side by side in one run
 # on loopback. On a small shared machine throughput moves with the
 # neighbours; the CPU seconds a server spends per request at a rate it
-# sustains do not, so these are the figures to compare.
+# sustains move far less, so these are the figures to compare, as ratios
+# taken within one run.
 #
-#   tests/bench/efficiency/run.sh                     # about 3 minutes
-#   DURATION=20 ROUNDS=3 tests/bench/efficiency/run.sh   # steadier
+#   tests/bench/efficiency/run.sh                     # about 3 minutes after the build
+#   ROUNDS=3 tests/bench/efficiency/run.sh            # steadier, about 7 minutes
 #   PROFILE=/tmp/prof tests/bench/efficiency/run.sh   # plus perf profiles of Balise
 #
 # Paths measured (Balise has a 1,000,000-domain list loaded throughout):
