@@ -80,6 +80,9 @@ listen = []
 [proxy]
 listen = "$P_BALISE"
 connect_ports = [18443, 18444]
+# The byte source (18444) is not TLS; the origin is on loopback.
+opaque_ports = [18444]
+allow_destinations = ["127.0.0.0/8", "::1/128"]
 idle_timeout = "30m"
 max_tunnels_per_client = 0
 TOML

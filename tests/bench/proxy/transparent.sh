@@ -60,6 +60,7 @@ listen = []
 listen = "10.71.0.1:3128"
 allowed_clients = ["10.71.0.0/24"]
 connect_ports = [443, 4444]
+opaque_ports = [4444]
 transparent_http = "0.0.0.0:3129"
 transparent_https = "0.0.0.0:3130"
 max_tunnels_per_client = 0

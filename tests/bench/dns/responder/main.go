@@ -3,7 +3,10 @@
 // memory, and every other type with NODATA. It is also the upstream of
 // Balise during the benchmark.
 //
-//	responder -listen 127.0.0.1:5400 [-reuseport 2]
+//	responder -listen 127.0.0.1:5400 [-reuseport 2] [-a 192.0.2.1]
+//
+// The efficiency benchmark also runs one with -a 127.0.0.1 as the DNS
+// server through which Balise's proxy resolves the benchmark origin.
 package main
 
 import (
@@ -20,8 +23,12 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:5400", "UDP and TCP address")
 	sockets := flag.Int("reuseport", 1, "number of SO_REUSEPORT UDP sockets")
+	answer := flag.String("a", "192.0.2.1", "IPv4 address in every A answer")
 	flag.Parse()
-	addr := net.ParseIP("192.0.2.1")
+	addr := net.ParseIP(*answer).To4()
+	if addr == nil {
+		log.Fatalf("-a %q: want an IPv4 address", *answer)
+	}
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(r)

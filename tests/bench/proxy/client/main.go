@@ -2,10 +2,14 @@
 //
 //	connect   new CONNECT + TLS handshake + one request per connection
 //	keepalive HTTPS requests over kept-alive tunnels
+//	plain     plain HTTP requests (absolute URI) over kept-alive proxy connections
 //	tunnel    bytes per second through one tunnel from the origin's source
 //	idle      open N tunnels, report, and hold them until killed
 //
 // -proxy "" goes direct. Every answer's status is checked: only 200s count.
+// -rate spaces the requests of connect, keepalive and plain at that many
+// per second in all (the workers fall behind when the target cannot keep
+// up; the printed rate is what was achieved); 0 sends as fast as they can.
 package main
 
 import (
@@ -34,12 +38,13 @@ var (
 	conc      = flag.Int("c", 32, "concurrent workers")
 	duration  = flag.Duration("d", 10*time.Second, "duration")
 	count     = flag.Int("n", 10000, "tunnels for idle")
+	rate      = flag.Float64("rate", 0, "requests per second in all (0: as fast as possible)")
 )
 
 func main() {
 	flag.Parse()
 	if flag.NArg() != 1 {
-		log.Fatal("usage: client [flags] connect|keepalive|tunnel|idle")
+		log.Fatal("usage: client [flags] connect|keepalive|plain|tunnel|idle")
 	}
 	pem, err := os.ReadFile(*certFile)
 	if err != nil {
@@ -52,7 +57,9 @@ func main() {
 	case "connect":
 		runConnect(tlsCfg)
 	case "keepalive":
-		runKeepalive(tlsCfg)
+		runKeepalive(tlsCfg, "https")
+	case "plain":
+		runKeepalive(nil, "http")
 	case "tunnel":
 		runTunnel()
 	case "idle":
@@ -91,16 +98,46 @@ func dial(addr string) (net.Conn, error) {
 	return c, nil
 }
 
+// pacer hands out the start times of requests shared by all workers.
+type pacer struct {
+	start    time.Time
+	deadline time.Time
+	rate     float64
+	next     atomic.Int64
+}
+
+func newPacer() *pacer {
+	now := time.Now()
+	return &pacer{start: now, deadline: now.Add(*duration), rate: *rate}
+}
+
+// wait blocks until the next request is due and reports whether it is
+// due before the end of the run.
+func (p *pacer) wait() bool {
+	if p.rate <= 0 {
+		return time.Now().Before(p.deadline)
+	}
+	i := p.next.Add(1) - 1
+	due := p.start.Add(time.Duration(float64(i) * 1e9 / p.rate))
+	if !due.Before(p.deadline) {
+		return false
+	}
+	if d := time.Until(due); d > 0 {
+		time.Sleep(d)
+	}
+	return true
+}
+
 func runConnect(cfg *tls.Config) {
 	var ok, bad atomic.Int64
-	deadline := time.Now().Add(*duration)
 	var wg sync.WaitGroup
 	req := "GET / HTTP/1.1\r\nHost: origin.bench.test\r\nConnection: close\r\n\r\n"
+	p := newPacer()
 	for range *conc {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for time.Now().Before(deadline) {
+			for p.wait() {
 				c, err := dial(*target)
 				if err != nil {
 					bad.Add(1)
@@ -131,21 +168,24 @@ func runConnect(cfg *tls.Config) {
 	fmt.Printf("connect: %.0f/s ok=%d failed=%d\n", float64(ok.Load())/duration.Seconds(), ok.Load(), bad.Load())
 }
 
-func runKeepalive(cfg *tls.Config) {
-	tr := &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: *conc, MaxConnsPerHost: *conc, ForceAttemptHTTP2: false}
+// runKeepalive sends requests over kept-alive connections: HTTPS through
+// tunnels, or plain HTTP with absolute URIs to the proxy.
+func runKeepalive(cfg *tls.Config, scheme string) {
+	tr := &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: *conc, MaxConnsPerHost: *conc,
+		ForceAttemptHTTP2: false, DisableCompression: true}
 	if *proxyAddr != "" {
 		tr.Proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: *proxyAddr})
 	}
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	u := "https://" + *target + "/"
+	u := scheme + "://" + *target + "/"
 	var ok, bad atomic.Int64
-	deadline := time.Now().Add(*duration)
 	var wg sync.WaitGroup
+	p := newPacer()
 	for range *conc {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for time.Now().Before(deadline) {
+			for p.wait() {
 				resp, err := client.Get(u)
 				if err != nil {
 					bad.Add(1)
@@ -162,7 +202,7 @@ func runKeepalive(cfg *tls.Config) {
 		}()
 	}
 	wg.Wait()
-	fmt.Printf("keepalive: %.0f/s ok=%d failed=%d\n", float64(ok.Load())/duration.Seconds(), ok.Load(), bad.Load())
+	fmt.Printf("%s: %.0f/s ok=%d failed=%d\n", flag.Arg(0), float64(ok.Load())/duration.Seconds(), ok.Load(), bad.Load())
 }
 
 func runTunnel() {
