@@ -1,7 +1,10 @@
 package dnsfilter
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,4 +69,139 @@ func BenchmarkServe(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchCacheSize is the default cache size (config dns.cache_size).
+const benchCacheSize = 100_000
+
+// benchKeys returns n distinct cache keys shaped like real ones: a name in
+// wire form followed by type, class and flag bytes.
+func benchKeys(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		label := fmt.Sprintf("host%07d", i)
+		k := []byte{byte(len(label))}
+		k = append(k, label...)
+		k = append(k, 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'o', 'r', 'g', 0, 0, 1, 0, 1, 0)
+		keys[i] = string(k)
+	}
+	return keys
+}
+
+// benchEntry is a cached answer of typical size (one A record) that stays
+// fresh for the whole benchmark.
+func benchEntry(tb testing.TB) *entry {
+	m := new(dns.Msg)
+	m.SetQuestion("host.example.org.", dns.TypeA)
+	m.Response = true
+	m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: "host.example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 86400}, A: []byte{192, 0, 2, 1}})
+	s := &settings{}
+	s.maxTTL, s.negativeTTL = 86400, 3600
+	e, ok := newEntry(m, "host.example.org.", s, time.Now().UnixNano())
+	if !ok {
+		tb.Fatal("newEntry: not cacheable")
+	}
+	return e
+}
+
+// fullCache returns a cache of benchCacheSize entries filled to capacity
+// with keys[:benchCacheSize] (and more, so every shard is full).
+func fullCache(tb testing.TB, keys []string) *cache {
+	c := newCache(benchCacheSize, int64(time.Hour))
+	e := benchEntry(tb)
+	for _, k := range keys[:2*benchCacheSize] {
+		c.put(k, e)
+	}
+	return c
+}
+
+// BenchmarkCacheInsertFull inserts new keys into a full cache: each put
+// evicts one entry.
+func BenchmarkCacheInsertFull(b *testing.B) {
+	keys := benchKeys(4 * benchCacheSize)
+	c := fullCache(b, keys)
+	e := benchEntry(b)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		c.put(keys[i], e)
+		if i++; i == len(keys) {
+			i = 0
+		}
+	}
+}
+
+// BenchmarkCacheHit reads a present key, serially and from every CPU.
+func BenchmarkCacheHit(b *testing.B) {
+	keys := benchKeys(4 * benchCacheSize)
+	c := fullCache(b, keys)
+	var present [][]byte
+	for _, k := range keys {
+		if c.get([]byte(k)) != nil {
+			present = append(present, []byte(k))
+		}
+	}
+	b.Run("serial", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if c.get(present[i]) == nil {
+				b.Fatal("miss")
+			}
+			if i++; i == len(present) {
+				i = 0
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		var next atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			i := int(next.Add(7919)) % len(present)
+			for pb.Next() {
+				c.get(present[i])
+				if i++; i == len(present) {
+					i = 0
+				}
+			}
+		})
+	})
+}
+
+// BenchmarkCacheZipf is a mixed workload from every CPU: names drawn from
+// a Zipf distribution over a million names (s = 1.1), a get for each and
+// a put on a miss. It reports the hit ratio.
+func BenchmarkCacheZipf(b *testing.B) {
+	const names = 1_000_000
+	keys := benchKeys(names)
+	bkeys := make([][]byte, len(keys))
+	for i, k := range keys {
+		bkeys[i] = []byte(k)
+	}
+	c := fullCache(b, keys)
+	e := benchEntry(b)
+	b.Run("parallel", func(b *testing.B) {
+		var hits, total atomic.Int64
+		var seed atomic.Uint64
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			r := rand.New(rand.NewPCG(seed.Add(1), 42))
+			z := rand.NewZipf(r, 1.1, 1, names-1)
+			var h, n int64
+			for pb.Next() {
+				k := z.Uint64()
+				n++
+				if c.get(bkeys[k]) != nil {
+					h++
+					continue
+				}
+				c.put(keys[k], e)
+			}
+			hits.Add(h)
+			total.Add(n)
+		})
+		if n := total.Load(); n > 0 {
+			b.ReportMetric(float64(hits.Load())/float64(n)*100, "hit%")
+		}
+	})
 }
