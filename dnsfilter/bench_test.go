@@ -1,8 +1,10 @@
 package dnsfilter
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"sync/atomic"
 	"testing"
@@ -211,5 +213,100 @@ func BenchmarkCacheZipf(b *testing.B) {
 		if n := total.Load(); n > 0 {
 			b.ReportMetric(float64(hits.Load())/float64(n)*100, "hit%")
 		}
+	})
+}
+
+// TestCacheAllocs holds the cache to its budget: a hit allocates nothing,
+// and neither does an insertion into a full cache (the evicted entry's
+// slot is reused).
+func TestCacheAllocs(t *testing.T) {
+	const size = 64 * 100
+	keys := benchKeys(4 * size)
+	c := newCache(size, int64(time.Hour))
+	e := benchEntry(t)
+	for _, k := range keys[:2*size] {
+		c.put(k, e)
+	}
+	var hit []byte
+	for _, k := range keys {
+		if c.get([]byte(k)) != nil {
+			hit = []byte(k)
+			break
+		}
+	}
+	if a := testing.AllocsPerRun(1000, func() { c.get(hit) }); a != 0 {
+		t.Errorf("cache hit: %v allocations, want 0", a)
+	}
+	i := 2 * size
+	if a := testing.AllocsPerRun(1000, func() {
+		c.put(keys[i], e)
+		i++
+	}); a != 0 {
+		t.Errorf("insertion into a full cache: %v allocations, want 0", a)
+	}
+}
+
+// echoUpstream answers every UDP query on loopback with the query itself,
+// QR set: the cheapest valid answer, so that the benchmark measures the
+// upstream client.
+func echoUpstream(tb testing.TB) string {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if n >= headerLen {
+				buf[2] |= 0x80
+				c.WriteToUDPAddrPort(buf[:n], from)
+			}
+		}
+	}()
+	tb.Cleanup(func() {
+		c.Close()
+		<-done
+	})
+	return c.LocalAddr().String()
+}
+
+// BenchmarkUpstreamExchange is one cache miss's exchange with a plain DNS
+// upstream on loopback, serially and from every CPU.
+func BenchmarkUpstreamExchange(b *testing.B) {
+	addr := echoUpstream(b)
+	u := newUpstream(addr, time.Second, newMetrics(func() int { return 0 }))
+	run := func(b *testing.B, m *dns.Msg) {
+		r, _, err := u.exchange(context.Background(), m, time.Second)
+		if err != nil || r == nil {
+			b.Fatalf("exchange: %v", err)
+		}
+	}
+	query := func() *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion("www.example.org.", dns.TypeA)
+		m.SetEdns0(ednsSize, false)
+		return m
+	}
+	b.Run("serial", func(b *testing.B) {
+		m := query()
+		b.ReportAllocs()
+		for b.Loop() {
+			run(b, m)
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			m := query()
+			for pb.Next() {
+				run(b, m)
+			}
+		})
 	})
 }
