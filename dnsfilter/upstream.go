@@ -309,11 +309,11 @@ func (p *pool) probe(ctx context.Context, name string, qtype uint16, now func() 
 
 // Bounds of the UDP sockets of one upstream. A socket carries one query
 // at a time and is closed after udpMaxUses queries or udpMaxAge, whichever
-// comes first, so that the source port keeps changing; at most udpMaxIdle
-// wait for the next query.
+// comes first, so that the source port keeps changing and a port someone
+// learnt is soon worthless; at most udpMaxIdle wait for the next query.
 const (
 	udpMaxUses = 100
-	udpMaxAge  = 10 * time.Second
+	udpMaxAge  = 5 * time.Second
 	udpMaxIdle = 32
 )
 
@@ -324,10 +324,13 @@ const (
 // connected socket, and the source is checked again), carry the query's
 // ID and question, and be a response; any other datagram is counted and
 // dropped, never taken for the answer, and the socket is closed after the
-// exchange so that its port is not used again. A socket that timed out or
-// failed is closed too. This is how the CoreDNS forward plugin reuses
-// sockets (one query per socket at a time, expiry), with the answer
-// checks of a recursive resolver (unbound: ID, source and question).
+// exchange so that its port is not used again. Datagrams that reach an
+// idle socket are found before its next query is sent (drain), counted,
+// and the socket closed. A socket that timed out or failed is closed too.
+// This is how the CoreDNS forward plugin reuses sockets (one query per
+// socket at a time, expiry), with the answer checks of a recursive
+// resolver (unbound: ID, source and question) and a bound on what one
+// port may carry; unbound itself opens a socket per query.
 type udpSockets struct {
 	addr    string
 	maxUses int
@@ -356,21 +359,37 @@ func newUDPSockets(addr string) *udpSockets {
 	return p
 }
 
-// get returns an idle socket young enough, or opens one.
-func (p *udpSockets) get(ctx context.Context) (*udpConn, bool, error) {
+// get returns an idle socket young enough on which nothing arrived while
+// it waited, or opens one. Datagrams found waiting are counted on dropped
+// and their socket closed: between two queries nothing may reach a
+// socket, and forged answers queued in advance must not be read as the
+// answer to the next query.
+func (p *udpSockets) get(ctx context.Context, dropped prometheus.Counter) (*udpConn, bool, error) {
 	now := time.Now()
-	p.mu.Lock()
-	for len(p.idle) > 0 {
+	for {
+		p.mu.Lock()
+		if len(p.idle) == 0 {
+			p.mu.Unlock()
+			break
+		}
 		c := p.idle[0]
 		p.idle[0] = nil
 		p.idle = p.idle[1:]
-		if now.Sub(c.born) < p.maxAge {
-			p.mu.Unlock()
-			return c, true, nil
+		p.mu.Unlock()
+		if now.Sub(c.born) >= p.maxAge {
+			c.c.Close()
+			continue
 		}
-		c.c.Close()
+		n, clean := drain(c.c)
+		if n > 0 {
+			dropped.Add(float64(n))
+		}
+		if !clean {
+			c.c.Close()
+			continue
+		}
+		return c, true, nil
 	}
-	p.mu.Unlock()
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "udp", p.addr)
 	if err != nil {
@@ -382,10 +401,10 @@ func (p *udpSockets) get(ctx context.Context) (*udpConn, bool, error) {
 	return &udpConn{c: uc, peer: netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()), born: now}, false, nil
 }
 
-// put keeps c for the next query, or closes it when it is spent, too old
-// or when too many wait already.
+// put keeps c for the next query, or closes it when it is spent, too old,
+// when too many wait already or when sockets are not reused (drain).
 func (p *udpSockets) put(c *udpConn) {
-	if c.uses >= p.maxUses || time.Since(c.born) >= p.maxAge {
+	if c.uses >= p.maxUses || time.Since(c.born) >= p.maxAge || !udpReuse {
 		c.c.Close()
 		return
 	}
@@ -425,7 +444,7 @@ func (p *udpSockets) exchange(ctx context.Context, m *dns.Msg, dropped prometheu
 		deadline = time.Now().Add(udpMaxAge)
 	}
 	for {
-		c, reused, err := p.get(ctx)
+		c, reused, err := p.get(ctx, dropped)
 		if err != nil {
 			return nil, err
 		}

@@ -279,11 +279,62 @@ func TestUpstreamConcurrentSpoofed(t *testing.T) {
 // udpExchange sends one A query for name through p.
 func udpExchange(t *testing.T, p *udpSockets, name string, timeout time.Duration) (*dns.Msg, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
 	m := new(dns.Msg)
 	m.SetQuestion(name, dns.TypeA)
-	return p.exchange(ctx, m, prometheus.NewCounter(prometheus.CounterOpts{Name: "x"}))
+	return udpExchangeMsg(p, m, timeout, prometheus.NewCounter(prometheus.CounterOpts{Name: "x"}))
+}
+
+func udpExchangeMsg(p *udpSockets, m *dns.Msg, timeout time.Duration, dropped prometheus.Counter) (*dns.Msg, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return p.exchange(ctx, m, dropped)
+}
+
+// TestUpstreamQueuedForgeriesDrained: answers forged in advance and queued
+// on an idle socket (from the upstream's own address and port, with the
+// very ID and question of the next query) are never read as its answer;
+// they are counted and the socket is closed.
+func TestUpstreamQueuedForgeriesDrained(t *testing.T) {
+	if !udpReuse {
+		t.Skip("upstream sockets are not reused on this system")
+	}
+	up := newRawUpstream(t)
+	p := newUDPSockets(up.addr)
+	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
+	first := new(dns.Msg)
+	first.SetQuestion("first.example.org.", dns.TypeA)
+	if _, err := udpExchangeMsg(p, first, 2*time.Second, dropped); err != nil {
+		t.Fatal(err)
+	}
+	if p.idleLen() != 1 {
+		t.Fatalf("%d idle sockets, want 1", p.idleLen())
+	}
+	p.mu.Lock()
+	port := p.idle[0].c.LocalAddr().(*net.UDPAddr).AddrPort()
+	p.mu.Unlock()
+	const name = "next.example.org."
+	next := new(dns.Msg)
+	next.SetQuestion(name, dns.TypeA)
+	next.Id = 7
+	for id := range uint16(3) {
+		forged := reply(next, next.Question[0], poisonAddr)
+		forged.Id = 7 - id
+		up.send(up.conn, forged, port)
+	}
+	time.Sleep(20 * time.Millisecond)
+	r, err := udpExchangeMsg(p, next, 2*time.Second, dropped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := answerAddr(t, r); got != addrFor(name) {
+		t.Errorf("answer %v, want %v (not the queued forgery)", got, addrFor(name))
+	}
+	if got := value(t, dropped); got != 3 {
+		t.Errorf("dropped = %v, want the 3 queued datagrams", got)
+	}
+	if n := p.opened.Load(); n != 2 {
+		t.Errorf("%d sockets opened, want 2 (the one that received datagrams closed)", n)
+	}
 }
 
 // TestUpstreamSocketRetirement: a socket carries successive queries until
