@@ -106,13 +106,24 @@ func benchEntry(tb testing.TB) *entry {
 	return e
 }
 
+// benchEntries returns one entry like benchEntry per key: the cache keeps
+// an entry's reference bit in the entry, so keys must not share one.
+func benchEntries(tb testing.TB, n int) []entry {
+	base := benchEntry(tb)
+	es := make([]entry, n)
+	for i := range es {
+		es[i].wire, es[i].ttlOff, es[i].ttls = base.wire, base.ttlOff, base.ttls
+		es[i].stored, es[i].expires = base.stored, base.expires
+	}
+	return es
+}
+
 // fullCache returns a cache of benchCacheSize entries filled to capacity
-// with keys[:benchCacheSize] (and more, so every shard is full).
-func fullCache(tb testing.TB, keys []string) *cache {
+// with keys[:2*benchCacheSize], so that every shard is full.
+func fullCache(keys []string, es []entry) *cache {
 	c := newCache(benchCacheSize, int64(time.Hour))
-	e := benchEntry(tb)
-	for _, k := range keys[:2*benchCacheSize] {
-		c.put(k, e)
+	for i, k := range keys[:2*benchCacheSize] {
+		c.put(k, &es[i])
 	}
 	return c
 }
@@ -121,33 +132,35 @@ func fullCache(tb testing.TB, keys []string) *cache {
 // evicts one entry.
 func BenchmarkCacheInsertFull(b *testing.B) {
 	keys := benchKeys(4 * benchCacheSize)
-	c := fullCache(b, keys)
-	e := benchEntry(b)
+	es := benchEntries(b, len(keys))
+	c := fullCache(keys, es)
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		c.put(keys[i], e)
+		c.put(keys[i], &es[i])
 		if i++; i == len(keys) {
 			i = 0
 		}
 	}
 }
 
-// BenchmarkCacheHit reads a present key, serially and from every CPU.
+// BenchmarkCacheHit reads present keys in turn, serially and from every
+// CPU.
 func BenchmarkCacheHit(b *testing.B) {
 	keys := benchKeys(4 * benchCacheSize)
-	c := fullCache(b, keys)
+	c := fullCache(keys, benchEntries(b, len(keys)))
 	var present [][]byte
 	for _, k := range keys {
 		if c.get([]byte(k)) != nil {
 			present = append(present, []byte(k))
 		}
 	}
+	// Each hit reads the entry's expiry, as the answer path does.
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
 		i := 0
 		for b.Loop() {
-			if c.get(present[i]) == nil {
+			if e := c.get(present[i]); e == nil || e.expires == 0 {
 				b.Fatal("miss")
 			}
 			if i++; i == len(present) {
@@ -161,7 +174,9 @@ func BenchmarkCacheHit(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			i := int(next.Add(7919)) % len(present)
 			for pb.Next() {
-				c.get(present[i])
+				if e := c.get(present[i]); e == nil || e.expires == 0 {
+					panic("miss")
+				}
 				if i++; i == len(present) {
 					i = 0
 				}
@@ -181,13 +196,13 @@ func BenchmarkCacheZipf(b *testing.B) {
 	for i, k := range keys {
 		bkeys[i] = []byte(k)
 	}
-	c := fullCache(b, keys)
-	e := benchEntry(b)
+	es := benchEntries(b, len(keys))
+	c := fullCache(keys, es)
 	// Warm up: the cache holds what the workload keeps, not the fill.
 	z := rand.NewZipf(rand.New(rand.NewPCG(0, 42)), 1.1, 1, names-1)
 	for range 2_000_000 {
 		if k := z.Uint64(); c.get(bkeys[k]) == nil {
-			c.put(keys[k], e)
+			c.put(keys[k], &es[k])
 		}
 	}
 	b.Run("parallel", func(b *testing.B) {
@@ -205,7 +220,7 @@ func BenchmarkCacheZipf(b *testing.B) {
 					h++
 					continue
 				}
-				c.put(keys[k], e)
+				c.put(keys[k], &es[k])
 			}
 			hits.Add(h)
 			total.Add(n)
@@ -222,10 +237,10 @@ func BenchmarkCacheZipf(b *testing.B) {
 func TestCacheAllocs(t *testing.T) {
 	const size = 64 * 100
 	keys := benchKeys(4 * size)
+	es := benchEntries(t, len(keys))
 	c := newCache(size, int64(time.Hour))
-	e := benchEntry(t)
-	for _, k := range keys[:2*size] {
-		c.put(k, e)
+	for i, k := range keys[:2*size] {
+		c.put(k, &es[i])
 	}
 	var hit []byte
 	for _, k := range keys {
@@ -239,7 +254,7 @@ func TestCacheAllocs(t *testing.T) {
 	}
 	i := 2 * size
 	if a := testing.AllocsPerRun(1000, func() {
-		c.put(keys[i], e)
+		c.put(keys[i], &es[i])
 		i++
 	}); a != 0 {
 		t.Errorf("insertion into a full cache: %v allocations, want 0", a)

@@ -10,7 +10,8 @@ import (
 	"github.com/miekg/dns"
 )
 
-// entry is one cached upstream answer. It never changes once stored.
+// entry is one cached upstream answer. It never changes once stored, but
+// for ref.
 type entry struct {
 	// wire is the packed answer: ID 0, the question in lower case, no OPT
 	// record. Answers are served by copying it and patching ID, flags,
@@ -25,6 +26,11 @@ type entry struct {
 	// targets are the CNAME targets of the answer chain, lower case,
 	// without the final dot.
 	targets []string
+	// ref is the cache's reference bit: set by hits (under the shard's
+	// read lock), cleared by the eviction hand (under its write lock).
+	// It lives here rather than in the slot so that a hit touches only
+	// the map and the entry, which the answer reads anyway.
+	ref atomic.Bool
 }
 
 // newEntry builds an entry from an upstream answer m to question name
@@ -154,12 +160,13 @@ type cache struct {
 	keep int64
 }
 
-// cacheShard is one part of the cache. slots holds the entries; the
-// occupied slots form a ring (next, prev) that the hand walks; free lists
-// the slots to reuse. len(slots) never exceeds the shard's item bound.
+// cacheShard is one part of the cache. m maps each key to its entry and
+// slot; the occupied slots form a ring (next, prev) that the hand walks;
+// free lists the slots to reuse. len(slots) never exceeds the shard's
+// item bound.
 type cacheShard struct {
 	mu    sync.RWMutex
-	m     map[string]int32
+	m     map[string]cacheRef
 	slots []cacheSlot
 	free  []int32
 	hand  int32 // -1 when the ring is empty
@@ -169,13 +176,17 @@ type cacheShard struct {
 	_ [64]byte
 }
 
-// cacheSlot holds one entry. ref is set by hits (under the read lock) and
-// cleared by the hand (under the write lock).
+// cacheRef is a map value: the entry and its slot.
+type cacheRef struct {
+	e *entry
+	i int32
+}
+
+// cacheSlot is one place in a shard's ring.
 type cacheSlot struct {
 	key        string
 	e          *entry
 	next, prev int32
-	ref        atomic.Bool
 }
 
 func newCache(size int, keep int64) *cache {
@@ -184,7 +195,7 @@ func newCache(size int, keep int64) *cache {
 	// Answers average a few hundred bytes; allow 1 KiB each on average.
 	c.maxBytes = c.maxItems * 1024
 	for i := range c.shards {
-		c.shards[i].m = make(map[string]int32)
+		c.shards[i].m = make(map[string]cacheRef)
 		c.shards[i].hand = -1
 	}
 	return c
@@ -198,13 +209,9 @@ func (c *cache) shard(key []byte) *cacheShard {
 func (c *cache) get(key []byte) *entry {
 	sh := c.shard(key)
 	sh.mu.RLock()
-	var e *entry
-	if i, ok := sh.m[string(key)]; ok {
-		s := &sh.slots[i]
-		e = s.e
-		if !s.ref.Load() {
-			s.ref.Store(true)
-		}
+	e := sh.m[string(key)].e
+	if e != nil && !e.ref.Load() {
+		e.ref.Store(true)
 	}
 	sh.mu.RUnlock()
 	return e
@@ -217,13 +224,14 @@ func (c *cache) put(key string, e *entry) {
 	now := e.stored
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if i, ok := sh.m[key]; ok {
-		s := &sh.slots[i]
+	if r, ok := sh.m[key]; ok {
+		s := &sh.slots[r.i]
 		sh.bytes += len(e.wire) - len(s.e.wire)
 		s.e = e
-		s.ref.Store(true)
+		sh.m[key] = cacheRef{e, r.i}
+		e.ref.Store(true)
 		for sh.bytes > c.maxBytes && len(sh.m) > 1 {
-			sh.evict(now, c.keep, i)
+			sh.evict(now, c.keep, r.i)
 		}
 		return
 	}
@@ -240,9 +248,9 @@ func (c *cache) put(key string, e *entry) {
 	}
 	s := &sh.slots[i]
 	s.key, s.e = key, e
-	s.ref.Store(false)
+	e.ref.Store(false)
 	sh.link(i)
-	sh.m[key] = i
+	sh.m[key] = cacheRef{e, i}
 	sh.bytes += len(e.wire)
 	for sh.bytes > c.maxBytes && len(sh.m) > 1 {
 		sh.evict(now, c.keep, i)
@@ -296,8 +304,8 @@ func (sh *cacheShard) evict(now, keepNs int64, keep int32) {
 			sh.hand = s.next
 			continue
 		}
-		if spared < clockScan && s.ref.Load() && s.e.expires+keepNs >= now {
-			s.ref.Store(false)
+		if spared < clockScan && s.e.ref.Load() && s.e.expires+keepNs >= now {
+			s.e.ref.Store(false)
 			sh.hand = s.next
 			spared++
 			continue

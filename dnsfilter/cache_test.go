@@ -29,8 +29,8 @@ func checkCache(t *testing.T, c *cache) {
 				if sh.slots[s.next].prev != i {
 					t.Fatalf("shard %d: slot %d: next.prev = %d", n, i, sh.slots[s.next].prev)
 				}
-				if j, ok := sh.m[s.key]; !ok || j != i {
-					t.Fatalf("shard %d: slot %d (%q) maps to %d, %v", n, i, s.key, j, ok)
+				if r, ok := sh.m[s.key]; !ok || r.i != i || r.e != s.e {
+					t.Fatalf("shard %d: slot %d (%q) maps to %v, %v", n, i, s.key, r, ok)
 				}
 				bytes += len(s.e.wire)
 				if i = s.next; i == sh.hand {
