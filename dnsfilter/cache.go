@@ -134,8 +134,13 @@ func newEntry(m *dns.Msg, name string, s *settings, now int64) (*entry, bool) {
 // maxCachedAnswer bounds the size of one cached answer.
 const maxCachedAnswer = 8192
 
-// cacheShards is the number of independently locked parts of the cache.
-const cacheShards = 64
+// cacheShards is the largest number of independently locked parts of the
+// cache; a small cache has fewer, each of at least minShardItems entries,
+// so that it holds about as many entries as asked for.
+const (
+	cacheShards   = 64
+	minShardItems = 64
+)
 
 // clockScan bounds how many recently used entries the eviction hand spares
 // before it evicts the one it is on, so that an insertion into a full
@@ -151,8 +156,11 @@ const sweepChunk = 256
 // shard evicts in constant time, the hand sparing at most clockScan
 // entries used since it last passed (second chance).
 type cache struct {
-	seed     maphash.Seed
-	shards   [cacheShards]cacheShard
+	seed   maphash.Seed
+	shards [cacheShards]cacheShard
+	// mask selects a shard from a hash: the number of shards in use,
+	// a power of two, minus one.
+	mask     uint64
 	maxItems int
 	maxBytes int
 	// keep is how long past expiry an entry stays for stale answers, in
@@ -191,7 +199,12 @@ type cacheSlot struct {
 
 func newCache(size int, keep int64) *cache {
 	c := &cache{seed: maphash.MakeSeed(), keep: keep}
-	c.maxItems = max(size/cacheShards, 1)
+	n := cacheShards
+	for n > 1 && size/n < minShardItems {
+		n /= 2
+	}
+	c.mask = uint64(n - 1)
+	c.maxItems = max(size/n, 1)
 	// Answers average a few hundred bytes; allow 1 KiB each on average.
 	c.maxBytes = c.maxItems * 1024
 	for i := range c.shards {
@@ -202,7 +215,7 @@ func newCache(size int, keep int64) *cache {
 }
 
 func (c *cache) shard(key []byte) *cacheShard {
-	return &c.shards[maphash.Bytes(c.seed, key)%cacheShards]
+	return &c.shards[maphash.Bytes(c.seed, key)&c.mask]
 }
 
 // get returns the entry for key, fresh or not, or nil.

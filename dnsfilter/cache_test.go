@@ -65,7 +65,7 @@ func shardKeys(c *cache, n int) []string {
 	var want uint64
 	for i := 0; len(keys) < n; i++ {
 		k := fmt.Sprintf("key-%d", i)
-		h := maphash.String(c.seed, k) % cacheShards
+		h := maphash.String(c.seed, k) & c.mask
 		if len(keys) == 0 {
 			want = h
 		}
@@ -82,7 +82,11 @@ func testEntry(size int, stored, expires int64) *entry {
 
 func TestCacheBounds(t *testing.T) {
 	now := time.Now().UnixNano()
+	// 8 shards of 64.
 	c := newCache(64*8, int64(time.Hour))
+	if c.mask != 7 || c.maxItems != 64 {
+		t.Fatalf("newCache(512): %d shards of %d, want 8 of 64", c.mask+1, c.maxItems)
+	}
 	for i := range 10_000 {
 		c.put(fmt.Sprintf("k%d", i), testEntry(100, now, now+int64(time.Hour)))
 		if i%1000 == 0 {
@@ -98,8 +102,8 @@ func TestCacheBounds(t *testing.T) {
 		c.put(fmt.Sprintf("big%d", i), testEntry(maxCachedAnswer, now, now+int64(time.Hour)))
 	}
 	checkCache(t, c)
-	if n := c.len(); n > 64*1 {
-		t.Errorf("len = %d with 8 KiB answers, want at most one per shard", n)
+	if n := c.len(); n > 8*8 {
+		t.Errorf("len = %d with 8 KiB answers, want at most 8 per shard (64 KiB)", n)
 	}
 	// Replacing an entry updates the byte count.
 	keys := shardKeys(c, 1)
@@ -115,7 +119,7 @@ func TestCacheBounds(t *testing.T) {
 // more: the entries in use survive, the others go in insertion order.
 func TestCacheSecondChance(t *testing.T) {
 	now := time.Now().UnixNano()
-	c := newCache(64*4, int64(time.Hour))
+	c := newCache(4, int64(time.Hour))
 	keys := shardKeys(c, 8)
 	fresh := func() *entry { return testEntry(100, now, now+int64(time.Hour)) }
 	for _, k := range keys[:4] {
@@ -134,7 +138,7 @@ func TestCacheSecondChance(t *testing.T) {
 	// Every entry referenced: an insertion still evicts exactly one.
 	c.put(keys[6], fresh())
 	checkCache(t, c)
-	if n := len(c.shards[maphash.String(c.seed, keys[0])%cacheShards].m); n != 4 {
+	if n := c.len(); n != 4 {
 		t.Errorf("shard holds %d entries, want 4", n)
 	}
 }
@@ -144,7 +148,7 @@ func TestCacheSecondChance(t *testing.T) {
 func TestCacheEvictsDeadFirst(t *testing.T) {
 	now := time.Now().UnixNano()
 	keep := int64(time.Minute)
-	c := newCache(64*2, keep)
+	c := newCache(2, keep)
 	keys := shardKeys(c, 3)
 	// The hand reaches the live entry first; both were read.
 	c.put(keys[0], testEntry(100, now, now+int64(time.Hour)))
@@ -209,5 +213,27 @@ func TestCacheConcurrent(t *testing.T) {
 		}
 	})
 	wg.Wait()
+	checkCache(t, c)
+}
+
+// TestCacheSmall: a small cache uses fewer shards, so that it holds about
+// as many entries as asked for whatever the keys' hashes.
+func TestCacheSmall(t *testing.T) {
+	now := time.Now().UnixNano()
+	for _, tc := range []struct{ size, shards, perShard int }{
+		{1, 1, 1}, {2, 1, 2}, {100, 1, 100}, {1000, 8, 125}, {4096, 64, 64}, {100_000, 64, 1562},
+	} {
+		c := newCache(tc.size, int64(time.Hour))
+		if int(c.mask)+1 != tc.shards || c.maxItems != tc.perShard {
+			t.Errorf("newCache(%d): %d shards of %d, want %d of %d", tc.size, c.mask+1, c.maxItems, tc.shards, tc.perShard)
+		}
+	}
+	c := newCache(100, int64(time.Hour))
+	for i := range 100 {
+		c.put(fmt.Sprintf("k%d", i), testEntry(50, now, now+int64(time.Hour)))
+	}
+	if n := c.len(); n != 100 {
+		t.Errorf("a cache of 100 holds %d of 100 entries", n)
+	}
 	checkCache(t, c)
 }
