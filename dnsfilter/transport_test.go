@@ -67,7 +67,7 @@ func TestDNSOverTLSUpstream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.upstreams.ups[0].udp.TLSConfig.RootCAs = pool
+	f.upstreams.ups[0].tls.TLSConfig.RootCAs = pool
 	if err := f.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
