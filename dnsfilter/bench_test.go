@@ -295,7 +295,7 @@ func echoUpstream(tb testing.TB) string {
 // upstream on loopback, serially and from every CPU.
 func BenchmarkUpstreamExchange(b *testing.B) {
 	addr := echoUpstream(b)
-	u := newUpstream(addr, time.Second, newMetrics(func() int { return 0 }))
+	u := newUpstream(addr, time.Second, newMetrics(func() int { return 0 }, func() int { return 0 }))
 	run := func(b *testing.B, m *dns.Msg) {
 		r, _, err := u.exchange(context.Background(), m, time.Second)
 		if err != nil || r == nil {
