@@ -10,6 +10,7 @@
 #   tests/bench/efficiency/run.sh                     # about 3 minutes after the build
 #   ROUNDS=3 tests/bench/efficiency/run.sh            # steadier, about 7 minutes
 #   PROFILE=/tmp/prof tests/bench/efficiency/run.sh   # plus perf profiles of Balise
+#   BASELINE=f563ad8 tests/bench/efficiency/run.sh    # this build against an earlier one, side by side
 #
 # Paths measured (Balise has a 1,000,000-domain list loaded throughout):
 #   connect  new CONNECT to origin.bench.test + TLS handshake + one request
@@ -98,6 +99,15 @@ s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' "$1"
 P_HTTP=$(freeport tcp) P_HTTPS=$(freeport tcp) P_SRC=$(freeport tcp)
 P_BALISE=$(freeport tcp) P_SQUID=$(freeport tcp) P_RELAY=$(freeport tcp) P_METRICS=$(freeport tcp)
 P_NAMES=$(freeport udp) P_UP=$(freeport udp) P_BDNS=$(freeport udp) P_UNBOUND=$(freeport udp) P_DNSMASQ=$(freeport udp)
+P_BASE=$(freeport tcp) P_BASE_METRICS=$(freeport tcp) P_BASE_DNS=$(freeport udp)
+# BASELINE=REV adds "before", Balise built from git revision REV with the
+# same configuration, to every table, so that a change is measured against
+# what it replaces in one run (ratios "this ÷ before").
+BASELINE=${BASELINE:-}
+PROXIES="balise squid relay" PLAINS="balise squid" RESOLVERS="balise unbound dnsmasq"
+if [[ -n $BASELINE ]]; then
+	PROXIES="balise before squid relay" PLAINS="balise before squid" RESOLVERS="balise before unbound dnsmasq"
+fi
 ORIGIN=origin.bench.test
 
 echo "== [${SECONDS}s] building" >&2
@@ -105,6 +115,11 @@ echo "== [${SECONDS}s] building" >&2
 	for t in proxy/origin proxy/client proxy/relay dns/responder dns/querygen; do
 		go build -o "$WORK/${t#*/}" "./tests/bench/$t" || exit 1
 	done)
+if [[ -n $BASELINE ]]; then
+	git -C "$ROOT" worktree add -q --detach "$WORK/before-src" "$BASELINE"
+	(cd "$WORK/before-src" && go build -o "$WORK/balise-before" ./cmd/balise)
+	git -C "$ROOT" worktree remove --force "$WORK/before-src"
+fi
 
 echo "== [${SECONDS}s] generating the list and the query files" >&2
 "$WORK/querygen" -n "$WARM_QUERIES" -s "$ZIPF_S" -seed 1 -queries "$WORK/q-warm.txt" -list "$WORK/list.txt" -list-size $LIST_SIZE
@@ -148,6 +163,9 @@ upstreams = ["127.0.0.1:$P_UP"]
 rate_limit = 0
 cache_size = $CACHE
 EOF
+
+sed -e "s/127.0.0.1:$P_METRICS\"/127.0.0.1:$P_BASE_METRICS\"/" -e "s/127.0.0.1:$P_BALISE\"/127.0.0.1:$P_BASE\"/" \
+	-e "s/127.0.0.1:$P_BDNS\"/127.0.0.1:$P_BASE_DNS\"/" "$WORK/balise.toml" >"$WORK/before.toml"
 
 mkdir -p "$WORK/squid" && chmod 777 "$WORK/squid"
 cat >"$WORK/squid/squid.conf" <<EOF
@@ -215,6 +233,7 @@ start origin "$WORK/origin" -http 127.0.0.1:$P_HTTP -https 127.0.0.1:$P_HTTPS -s
 start names "$WORK/responder" -listen 127.0.0.1:$P_NAMES -a 127.0.0.1
 start upstream "$WORK/responder" -listen 127.0.0.1:$P_UP -reuseport 2
 start balise "$WORK/balise" serve --config "$WORK/balise.toml" --log-format json
+[[ -z $BASELINE ]] || start before "$WORK/balise-before" serve --config "$WORK/before.toml" --log-format json
 start squid squid -N -f "$WORK/squid/squid.conf"
 start relay "$WORK/relay" -listen 127.0.0.1:$P_RELAY -hosts "$ORIGIN=127.0.0.1"
 start unbound unbound -d -c "$WORK/unbound.conf"
@@ -260,6 +279,7 @@ ready balise via_proxy 127.0.0.1:$P_BALISE
 ready squid via_proxy 127.0.0.1:$P_SQUID
 ready relay via_relay 127.0.0.1:$P_RELAY
 ready balise dns_ok $P_BDNS
+[[ -z $BASELINE ]] || { ready before via_proxy 127.0.0.1:$P_BASE; ready before dns_ok $P_BASE_DNS; }
 ready unbound dns_ok $P_UNBOUND
 ready dnsmasq dns_ok $P_DNSMASQ
 
@@ -281,6 +301,7 @@ pid_of() { eval echo "\$PID_$1"; }
 proxy_of() {
 	case $1 in
 	balise) echo 127.0.0.1:$P_BALISE ;;
+	before) echo 127.0.0.1:$P_BASE ;;
 	squid) echo 127.0.0.1:$P_SQUID ;;
 	relay) echo 127.0.0.1:$P_RELAY ;;
 	esac
@@ -288,12 +309,13 @@ proxy_of() {
 dnsport_of() {
 	case $1 in
 	balise) echo $P_BDNS ;;
+	before) echo $P_BASE_DNS ;;
 	unbound) echo $P_UNBOUND ;;
 	dnsmasq) echo $P_DNSMASQ ;;
 	esac
 }
 
-for t in balise unbound dnsmasq; do
+for t in $RESOLVERS; do
 	out=$(dnsperf -s 127.0.0.1 -p "$(dnsport_of $t)" -d "$WORK/one.txt" -n 1 -t 1 2>&1)
 	grep -q 'NXDOMAIN 1 ' <<<"$out" || { echo "run.sh: $t does not block the list: $out" >&2; exit 1; }
 done
@@ -346,7 +368,7 @@ dns_cpu() { # port: fixed-rate run on the CPU file; prints "qps completed lost n
 
 # Cache misses (queries forwarded upstream) per target, around the
 # fixed-rate DNS run.
-balise_misses() { curl -s "http://127.0.0.1:$P_METRICS/metrics" | awk '/^balise_dns_cache_misses_total/ { print $2 }'; }
+balise_misses() { curl -s "http://127.0.0.1:${1:-$P_METRICS}/metrics" | awk '/^balise_dns_cache_misses_total/ { print $2 }'; }
 balise_cache() { curl -s "http://127.0.0.1:$P_METRICS/metrics" | awk '/^balise_dns_cache_entries/ { print $2 }'; }
 unbound_stat() { unbound-control -c "$WORK/unbound.conf" stats_noreset 2>/dev/null | awk -F= -v k="$1" '$1 == k { print $2 }'; }
 dnsmasq_forwarded() {
@@ -357,17 +379,18 @@ dnsmasq_forwarded() {
 misses() { # target
 	case $1 in
 	balise) balise_misses ;;
+	before) balise_misses "$P_BASE_METRICS" ;;
 	unbound) unbound_stat total.num.cachemiss ;;
 	dnsmasq) dnsmasq_forwarded ;;
 	esac
 }
 
 echo "== [${SECONDS}s] warming up: proxies (1 s each), DNS caches ($WARM_QUERIES queries or $WARM_SECONDS s each)" >&2
-for t in balise squid relay; do
+for t in $PROXIES; do
 	client connect $t "$CONNECT_RATE" 1 >/dev/null
 	[[ $t == relay ]] || client plain $t "$PLAIN_RATE" 1 >/dev/null
 done
-for t in balise unbound dnsmasq; do
+for t in $RESOLVERS; do
 	dnsperf_run "$(dnsport_of $t)" "$WORK/q-warm.txt" -n 1 -l "$WARM_SECONDS" >/dev/null
 done
 RSS_BALISE=$(awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$PID_balise/status")
@@ -375,26 +398,26 @@ RSS_BALISE=$(awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$PID_balise/statu
 for round in $(seq 1 "$ROUNDS"); do
 	echo "== [${SECONDS}s] round $round/$ROUNDS" >&2
 	draw $((2 * round))
-	for t in balise squid relay; do
+	for t in $PROXIES; do
 		cpu_run "connect:$t" "$(pid_of $t)" client connect $t "$CONNECT_RATE" "$DURATION"
 		read -r r _ f <<<"$(client connect $t 0 "$MAX_DURATION")"
 		add "connect:$t:max" "$r"
 		add "connect:$t:maxfailed" "$f"
 	done
-	for t in balise squid; do
+	for t in $PLAINS; do
 		cpu_run "plain:$t" "$(pid_of $t)" client plain $t "$PLAIN_RATE" "$DURATION"
 		read -r r _ f <<<"$(client plain $t 0 "$MAX_DURATION")"
 		add "plain:$t:max" "$r"
 		add "plain:$t:maxfailed" "$f"
 	done
-	for t in balise unbound dnsmasq; do
+	for t in $RESOLVERS; do
 		m0=$(misses $t)
 		cpu_run "dns:$t" "$(pid_of $t)" dns_cpu "$(dnsport_of $t)"
 		m1=$(misses $t)
 		add "dns:$t:misses" "$(awk -v a="$m0" -v b="$m1" 'BEGIN { printf "%.0f", b - a }')"
 		echo "   dns:$t: forwarded $m0 -> $m1" >&2
 	done
-	for t in balise unbound dnsmasq; do
+	for t in $RESOLVERS; do
 		read -r q c l x <<<"$(dnsperf_run "$(dnsport_of $t)" "$WORK/q-max.txt" -l "$MAX_DURATION")"
 		add "dns:$t:max" "$q"
 		add "dns:$t:maxlost" "$l"
@@ -417,26 +440,28 @@ echo "load before: ${LOAD_BEFORE##*load average: }; after: ${LOAD_AFTER##*load a
 echo
 echo "New CONNECT + TLS + 1 request to $ORIGIN (CPU at $CONNECT_RATE/s offered; max: 32 workers)"
 printf "%-8s %10s %8s %14s %10s %8s\n" target "done/s" failed "CPU ms/1000" "max req/s" failed
-for t in balise squid relay; do
+for t in $PROXIES; do
 	printf "%-8s %10s %8s %14s %10s %8s\n" $t "$(get connect:$t:rate)" "$(sum connect:$t:failed)" "$(get connect:$t:cpu)" \
 		"$(get connect:$t:max)" "$(sum connect:$t:maxfailed)"
 done
 echo "Balise ÷ Squid, CPU per connection: $(ratio "$(get connect:balise:cpu)" "$(get connect:squid:cpu)");" \
 	"Balise ÷ naive relay: $(ratio "$(get connect:balise:cpu)" "$(get connect:relay:cpu)");" \
 	"max rate Balise ÷ Squid: $(ratio "$(get connect:balise:max)" "$(get connect:squid:max)")"
+[[ -z $BASELINE ]] || echo "This build ÷ before ($BASELINE): CPU per connection $(ratio "$(get connect:balise:cpu)" "$(get connect:before:cpu)"), max rate $(ratio "$(get connect:balise:max)" "$(get connect:before:max)")"
 echo
 echo "Plain HTTP keep-alive to $ORIGIN (CPU at $PLAIN_RATE/s offered; max: 64 connections)"
 printf "%-8s %10s %8s %14s %10s %8s\n" target "done/s" failed "CPU ms/1000" "max req/s" failed
-for t in balise squid; do
+for t in $PLAINS; do
 	printf "%-8s %10s %8s %14s %10s %8s\n" $t "$(get plain:$t:rate)" "$(sum plain:$t:failed)" "$(get plain:$t:cpu)" \
 		"$(get plain:$t:max)" "$(sum plain:$t:maxfailed)"
 done
 echo "Balise ÷ Squid, CPU per request: $(ratio "$(get plain:balise:cpu)" "$(get plain:squid:cpu)");" \
 	"max rate Balise ÷ Squid: $(ratio "$(get plain:balise:max)" "$(get plain:squid:max)")"
+[[ -z $BASELINE ]] || echo "This build ÷ before ($BASELINE): CPU per request $(ratio "$(get plain:balise:cpu)" "$(get plain:before:cpu)"), max rate $(ratio "$(get plain:balise:max)" "$(get plain:before:max)")"
 echo
 echo "DNS, Zipf s=$ZIPF_S over 1,000,000 names, 30 % blocked, cache $CACHE (CPU at $DNS_RATE qps offered; max: dnsperf -c $CLIENTS -q $OUTSTANDING)"
 printf "%-8s %10s %6s %14s %14s %10s %6s %7s\n" target "done qps" lost "CPU ms/1000" "misses/1000" "max qps" lost "NXD %"
-for t in balise unbound dnsmasq; do
+for t in $RESOLVERS; do
 	n=$(get dns:$t:ok)
 	printf "%-8s %10s %6s %14s %14s %10s %6s %7s\n" $t "$(get dns:$t:rate)" "$(sum dns:$t:failed)" "$(get dns:$t:cpu)" \
 		"$(awk -v m="$(get dns:$t:misses)" -v n="$n" 'BEGIN { if (n > 0) printf "%.0f", m * 1000 / n; else print "n/a" }')" \
@@ -447,6 +472,7 @@ awk -v a="$(get dns:dnsmasq:max)" -v b="$(get dns:unbound:max)" 'BEGIN { exit !(
 echo "Balise ÷ unbound, CPU per query: $(ratio "$(get dns:balise:cpu)" "$(get dns:unbound:cpu)");" \
 	"Balise ÷ dnsmasq: $(ratio "$(get dns:balise:cpu)" "$(get dns:dnsmasq:cpu)");" \
 	"max qps Balise ÷ $best (the better): $(ratio "$(get dns:balise:max)" "$(get dns:$best:max)")"
+[[ -z $BASELINE ]] || echo "This build ÷ before ($BASELINE): CPU per query $(ratio "$(get dns:balise:cpu)" "$(get dns:before:cpu)"), max qps $(ratio "$(get dns:balise:max)" "$(get dns:before:max)")"
 echo "Cache entries at the end: Balise $CACHE_BALISE, unbound $CACHE_UNBOUND ($UB_MSG + $UB_RRSET), dnsmasq $DNSMASQ_CACHE (cache-size)"
 echo "(CPU ms/1000: milliseconds of the server's CPU time per 1,000 answered requests; ÷ below 1 means Balise spends less)"
 

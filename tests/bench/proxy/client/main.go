@@ -39,6 +39,7 @@ var (
 	duration  = flag.Duration("d", 10*time.Second, "duration")
 	count     = flag.Int("n", 10000, "tunnels for idle")
 	rate      = flag.Float64("rate", 0, "requests per second in all (0: as fast as possible)")
+	sni       = flag.String("sni", "source.bench.test", "tunnel: server name of the ClientHello sent first")
 )
 
 func main() {
@@ -212,13 +213,32 @@ func runTunnel() {
 	}
 	defer c.Close()
 	start := time.Now()
-	c.Write([]byte{1})
+	// A real ClientHello first, as a browser sends it: Balise's TLS gate
+	// reads the server name in it; the byte source starts on any byte.
+	c.Write(clientHello(*sni))
 	n, err := io.Copy(io.Discard, c)
 	el := time.Since(start)
 	if err != nil {
 		log.Fatal(err)
 	}
 	fmt.Printf("tunnel: %d bytes in %v = %.0f MB/s\n", n, el.Round(time.Millisecond), float64(n)/el.Seconds()/1e6)
+}
+
+// clientHello returns the first flight of a Go TLS client asking for name.
+func clientHello(name string) []byte {
+	a, b := net.Pipe()
+	defer b.Close()
+	go func() {
+		tls.Client(a, &tls.Config{ServerName: name, InsecureSkipVerify: true}).Handshake()
+		a.Close()
+	}()
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64<<10)
+	n, err := b.Read(buf)
+	if err != nil {
+		log.Fatalf("client hello: %v", err)
+	}
+	return buf[:n]
 }
 
 func runIdle(cfg *tls.Config) {
