@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/balise-net/balise/internal/decisionlog"
 )
 
 // Filter is the DNS filter. Create it with New, run it with Start and
@@ -36,7 +38,7 @@ type Filter struct {
 	// access is the current Access (SetAccess).
 	access atomic.Pointer[access]
 
-	refusalLog refusalLog
+	refusalLog decisionlog.RateBound
 
 	flightMu sync.Mutex
 	flights  map[string]*flight

@@ -3,7 +3,6 @@ package dnsfilter
 import (
 	"net/netip"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -21,21 +20,9 @@ var refusalNames = [numRefusals]string{"client", "any", "tcp_limit", "tcp_evicte
 
 // Refusals are security events: each one is counted, and those about a
 // client (outside AllowedClients, over the TCP limit) are logged with
-// their reason, client and name, at most refusalLogBurst lines per
-// refusalLogWindow; the rest are counted only, and the next logged line
-// says how many were left out.
-const (
-	refusalLogWindow = time.Minute
-	refusalLogBurst  = 100
-)
-
-// refusalLog bounds the rate of refusal log lines.
-type refusalLog struct {
-	mu      sync.Mutex
-	start   time.Time
-	n       int
-	dropped int
-}
+// their reason, client and name, at most 100 lines a minute
+// (decisionlog.RateBound); the rest are counted only, and the next logged
+// line says how many were left out.
 
 // refuse counts a refusal of reason and, for reasons about the client,
 // logs it (rate bound). name is the queried name ("" for a connection).
@@ -44,21 +31,10 @@ func (f *Filter) refuse(reason int, p proto, client netip.Addr, name string) {
 	if reason == refusalAny {
 		return
 	}
-	l := &f.refusalLog
-	now := time.Now()
-	l.mu.Lock()
-	if now.Sub(l.start) >= refusalLogWindow {
-		l.start, l.n = now, 0
-	}
-	if l.n >= refusalLogBurst {
-		l.dropped++
-		l.mu.Unlock()
+	ok, dropped := f.refusalLog.Allow(time.Now())
+	if !ok {
 		return
 	}
-	l.n++
-	dropped := l.dropped
-	l.dropped = 0
-	l.mu.Unlock()
 	args := []any{"front", "dns", "proto", protoNames[p], "reason", refusalNames[reason], "client", client.String()}
 	if name != "" {
 		args = append(args, "name", strings.Clone(name))

@@ -52,7 +52,7 @@ type Proxy struct {
 	selfPorts map[uint16]bool // their ports
 	local     localAddrs      // this host's interface addresses
 
-	refusalLog refusalLog // rate bound of refusal log lines
+	refusalLog decisionlog.RateBound // rate bound of refusal log lines
 
 	sniChecks chan struct{} // slots for background SNI/address checks
 	origins   *originPool   // nil with a parent proxy

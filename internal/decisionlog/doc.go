@@ -7,4 +7,9 @@
 // The line's keys are fixed and documented in the README: msg "decision",
 // front, client, user, host, service, category, verdict, reason, rule,
 // grant, until, repeats.
+//
+// RateBound bounds the other kind of line the front-ends write about a
+// connection: refusals (security events: a client outside the allowed
+// networks, an unreadable ClientHello, a forbidden destination), at most
+// so many a minute, with the count of those left out.
 package decisionlog
