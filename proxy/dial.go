@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -24,8 +25,9 @@ type dialer struct {
 	net     net.Dialer
 	plain   net.Dialer
 	dests   *destinations
-	parent  *url.URL // nil: direct
-	auth    string   // Proxy-Authorization value for the parent, "" for none
+	res     *resolver // names of destinations (and of the parent)
+	parent  *url.URL  // nil: direct
+	auth    string    // Proxy-Authorization value for the parent, "" for none
 	timeout time.Duration
 	observe func(time.Duration)
 }
@@ -46,6 +48,7 @@ func newDialer(o *Options, dests *destinations, observe func(time.Duration)) (*d
 			},
 		}
 	}
+	d.res = newResolver(o.Resolver, "/etc/resolv.conf", "/etc/hosts", o.DialTimeout)
 	d.plain = d.net
 	d.plain.Control = nil
 	if o.Parent != nil {
@@ -78,9 +81,9 @@ func newDialer(o *Options, dests *destinations, observe func(time.Duration)) (*d
 // reach the parent itself, or destinations when there is none).
 func (d *dialer) dialDirect(ctx context.Context, network, addr string) (net.Conn, error) {
 	if d.parent != nil {
-		return d.plain.DialContext(ctx, network, addr)
+		return d.dialVia(ctx, &d.plain, network, addr)
 	}
-	return d.net.DialContext(ctx, network, addr)
+	return d.dialVia(ctx, &d.net, network, addr)
 }
 
 // proxyURL is the transport's Proxy function. With a parent proxy, it
@@ -97,7 +100,7 @@ func (d *dialer) proxyURL(r *http.Request) (*url.URL, error) {
 		}
 		hostport = net.JoinHostPort(r.URL.Hostname(), port)
 	}
-	if err := d.dests.checkHostPort(r.Context(), d.net.Resolver, hostport); err != nil {
+	if err := d.checkHostPort(r.Context(), hostport); err != nil {
 		return nil, err
 	}
 	return d.parent, nil
@@ -112,8 +115,8 @@ func (d *dialer) dialTunnel(ctx context.Context, addr string) (net.Conn, error) 
 	var c net.Conn
 	var err error
 	if d.parent == nil {
-		c, err = d.net.DialContext(ctx, "tcp", addr)
-	} else if err = d.dests.checkHostPort(ctx, d.net.Resolver, addr); err == nil {
+		c, err = d.dialVia(ctx, &d.net, "tcp", addr)
+	} else if err = d.checkHostPort(ctx, addr); err == nil {
 		c, err = d.connectParent(ctx, addr)
 	}
 	if err == nil && d.observe != nil {
@@ -122,10 +125,132 @@ func (d *dialer) dialTunnel(ctx context.Context, addr string) (net.Conn, error) 
 	return c, err
 }
 
+// dialVia connects to addr ("host:port") with nd. A name is resolved
+// through the cache and its addresses dialled in turn, IPv6 and IPv4
+// alternating, each as a literal so that nd's Control hook sees it; each
+// attempt gets a share of the time left, as net.Dialer gives. The first
+// failure is returned; a failed resolution is a *net.DNSError inside a
+// *net.OpError, as net.Dialer returns it.
+func (d *dialer) dialVia(ctx context.Context, nd *net.Dialer, network, addr string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return nd.DialContext(ctx, network, addr)
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nd.DialContext(ctx, network, addr)
+	}
+	if nd.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, nd.Timeout)
+		defer cancel()
+	}
+	addrs, err := d.res.lookup(ctx, host)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	addrs = dialOrder(addrs, network)
+	if len(addrs) == 0 {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: &net.AddrError{Err: "no suitable address found", Addr: host}}
+	}
+	var first error
+	for i, a := range addrs {
+		actx, cancel := partialDeadline(ctx, len(addrs)-i)
+		c, err := nd.DialContext(actx, network, net.JoinHostPort(a.String(), port))
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		if first == nil {
+			first = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, first
+}
+
+// dialOrder returns the addresses network can reach, IPv6 and IPv4
+// alternating, starting with the family of the first.
+func dialOrder(addrs []netip.Addr, network string) []netip.Addr {
+	var v4, v6 []netip.Addr
+	for _, a := range addrs {
+		if a.Unmap().Is4() {
+			if network != "tcp6" {
+				v4 = append(v4, a)
+			}
+		} else if network != "tcp4" {
+			v6 = append(v6, a)
+		}
+	}
+	if len(v4) == 0 {
+		return v6
+	}
+	if len(v6) == 0 {
+		return v4
+	}
+	first, second := v6, v4
+	if addrs[0].Unmap().Is4() {
+		first, second = v4, v6
+	}
+	out := make([]netip.Addr, 0, len(v4)+len(v6))
+	for i := 0; i < len(first) || i < len(second); i++ {
+		if i < len(first) {
+			out = append(out, first[i])
+		}
+		if i < len(second) {
+			out = append(out, second[i])
+		}
+	}
+	return out
+}
+
+// partialDeadline gives one of left attempts its share of the time ctx
+// has left, at least 2 s (as net.Dialer does).
+func partialDeadline(ctx context.Context, left int) (context.Context, context.CancelFunc) {
+	dl, ok := ctx.Deadline()
+	if !ok || left <= 1 {
+		return ctx, func() {}
+	}
+	share := time.Until(dl) / time.Duration(left)
+	if share < 2*time.Second {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, share)
+}
+
+// checkHostPort checks a destination "host:port" before it is handed to
+// the parent proxy: an IP literal as it is, a name by every address the
+// cache gives for it (one refused address refuses the name). A name
+// without address is left to the parent; any other lookup failure is
+// returned.
+func (d *dialer) checkHostPort(ctx context.Context, hostport string) error {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return err
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return d.dests.checkHostPort(ctx, nil, hostport)
+	}
+	addrs, err := d.res.lookup(ctx, host)
+	if err != nil {
+		if isNotFound(err) {
+			return nil
+		}
+		return err
+	}
+	for _, a := range addrs {
+		if err := d.dests.checkHostPort(ctx, nil, net.JoinHostPort(a.String(), port)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 var errParentRefused = errors.New("parent proxy refused the tunnel")
 
 func (d *dialer) connectParent(ctx context.Context, addr string) (net.Conn, error) {
-	c, err := d.plain.DialContext(ctx, "tcp", d.parent.Host)
+	c, err := d.dialVia(ctx, &d.plain, "tcp", d.parent.Host)
 	if err != nil {
 		return nil, err
 	}
