@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -252,41 +251,6 @@ func (g *destinations) control(_, address string, _ syscall.RawConn) error {
 	return g.check(ap)
 }
 
-// checkHostPort checks a destination "host:port" before it is handed to a
-// parent proxy: an IP literal as it is, a name by every address resolver
-// returns for it (one refused address refuses the name). A name the
-// resolver does not know is left to the parent; any other lookup failure
-// is returned.
-func (g *destinations) checkHostPort(ctx context.Context, r *net.Resolver, hostport string) error {
-	host, portStr, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return err
-	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil {
-		return err
-	}
-	if a, err := netip.ParseAddr(host); err == nil {
-		return g.check(netip.AddrPortFrom(a, uint16(port)))
-	}
-	if r == nil {
-		r = net.DefaultResolver
-	}
-	addrs, err := r.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		var dnsErr *net.DNSError
-		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
-			return nil
-		}
-		return err
-	}
-	for _, a := range addrs {
-		if err := g.check(netip.AddrPortFrom(a, uint16(port))); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 // Answers to a refused destination: RFC 9209's destination_ip_prohibited.
 const (

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -38,14 +39,6 @@ func newDialer(o *Options, dests *destinations, observe func(time.Duration)) (*d
 	if o.Resolver != "" {
 		if _, _, err := net.SplitHostPort(o.Resolver); err != nil {
 			return nil, fmt.Errorf("resolver %q: %w", o.Resolver, err)
-		}
-		server := o.Resolver
-		d.net.Resolver = &net.Resolver{
-			PreferGo: true,
-			Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				var nd net.Dialer
-				return nd.DialContext(ctx, network, server)
-			},
 		}
 	}
 	d.res = newResolver(o.Resolver, "/etc/resolv.conf", "/etc/hosts", o.DialTimeout)
@@ -225,12 +218,16 @@ func partialDeadline(ctx context.Context, left int) (context.Context, context.Ca
 // without address is left to the parent; any other lookup failure is
 // returned.
 func (d *dialer) checkHostPort(ctx context.Context, hostport string) error {
-	host, port, err := net.SplitHostPort(hostport)
+	host, portStr, err := net.SplitHostPort(hostport)
 	if err != nil {
 		return err
 	}
-	if _, err := netip.ParseAddr(host); err == nil {
-		return d.dests.checkHostPort(ctx, nil, hostport)
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return err
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		return d.dests.check(netip.AddrPortFrom(a, uint16(port)))
 	}
 	addrs, err := d.res.lookup(ctx, host)
 	if err != nil {
@@ -240,7 +237,7 @@ func (d *dialer) checkHostPort(ctx context.Context, hostport string) error {
 		return err
 	}
 	for _, a := range addrs {
-		if err := d.dests.checkHostPort(ctx, nil, net.JoinHostPort(a.String(), port)); err != nil {
+		if err := d.dests.check(netip.AddrPortFrom(a, uint16(port))); err != nil {
 			return err
 		}
 	}

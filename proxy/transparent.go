@@ -322,16 +322,13 @@ func (p *Proxy) checkSNIAddr(ctx context.Context, host string, addr netip.Addr) 
 	return true
 }
 
-// resolvesTo reports whether host resolves (through the configured
-// resolver) to addr; on lookup failure it gives the benefit of the doubt.
+// resolvesTo reports whether host resolves (through the proxy's
+// resolution cache) to addr; on lookup failure it gives the benefit of the
+// doubt.
 func (p *Proxy) resolvesTo(ctx context.Context, host string, addr netip.Addr) bool {
-	r := p.dial.net.Resolver
-	if r == nil {
-		r = net.DefaultResolver
-	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	addrs, err := r.LookupNetIP(ctx, "ip", host)
+	addrs, err := p.dial.res.lookup(ctx, host)
 	if err != nil {
 		return true
 	}
