@@ -54,7 +54,7 @@ func (p *parser) proxySection(t *tbl) ProxySection {
 	c.Listen = p.listen(t, "listen", []string{"127.0.0.1:3128"})
 	var ok bool
 	if c.AllowedClients, ok = p.prefixes(t, "allowed_clients"); !ok {
-		c.AllowedClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+		c.AllowedClients = loopback()
 	}
 	for i, pf := range c.AllowedClients {
 		if pf.Bits() == 0 {
@@ -192,7 +192,7 @@ func (p *parser) dnsSection(t *tbl) DNSSection {
 	var given bool
 	c.AllowedClients, given = p.prefixes(t, "allowed_clients")
 	if !given {
-		c.AllowedClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+		c.AllowedClients = loopback()
 		if addr, beyond := beyondLoopback(c.Listen); beyond {
 			p.keyErr("dns.listen", "%s reaches beyond loopback: set dns.allowed_clients to the institution's networks (Balise is never an open resolver)", addr)
 		}
@@ -231,6 +231,12 @@ func (p *parser) dnsSection(t *tbl) DNSSection {
 		c.Forward = append(c.Forward, f)
 	}
 	return c
+}
+
+// loopback is the default of proxy.allowed_clients and dns.allowed_clients,
+// and of the front-ends' AllowedClients: 127.0.0.0/8 and ::1/128.
+func loopback() []netip.Prefix {
+	return []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 }
 
 // ports reads an array of port numbers (def when the key is absent).

@@ -136,7 +136,7 @@ func dnsAccess(c config.DNSSection) dnsfilter.Access {
 // value as dnsfilter.Options wants it (defaults, booleans in the option's
 // sense, 0 = no cache already mapped), so nothing is converted here.
 func dnsOptions(c config.DNSSection, rt *runtime) dnsfilter.Options {
-	fwd := make([]dnsfilter.Forward, 0, len(c.Forward))
+	var fwd []dnsfilter.Forward // nil when there is no [[dns.forward]], as in the zero Options
 	for _, z := range c.Forward {
 		fwd = append(fwd, dnsfilter.Forward(z))
 	}
