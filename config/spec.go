@@ -12,8 +12,9 @@ import (
 // Spec builds the engine's input: the catalog's services (minus disabled
 // services and categories, plus the opted-in extra, shared and copyleft
 // domains), the [[list]]s (inline domains, the files read by Load, the
-// cached copies of URLs), the canaries, groups, schedules and rules. It
-// reads cached list copies but never writes anything.
+// cached copies of URLs), the canaries, groups, schedules (the windows
+// Parse already parsed) and rules. It reads cached list copies but never
+// writes a file; it records each service's first domain for ServiceHosts.
 func (c *Config) Spec() (policy.Spec, error) {
 	spec := policy.Spec{Location: c.Location, DefaultAction: verdict(c.DefaultAction)}
 	if spec.Location == nil {

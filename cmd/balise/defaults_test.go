@@ -2,11 +2,13 @@ package main
 
 import (
 	"log/slog"
+	"net/netip"
 	"reflect"
 	"testing"
 
 	"github.com/balise-net/balise/config"
 	"github.com/balise-net/balise/dnsfilter"
+	"github.com/balise-net/balise/internal/policy"
 	"github.com/balise-net/balise/proxy"
 )
 
@@ -204,5 +206,31 @@ func TestOptionOffValues(t *testing.T) {
 	}
 	if !do.DisableStale || !do.KeepECH || !do.Access.ForwardAny {
 		t.Errorf("serve_stale, strip_ech, refuse_any = false: DisableStale %v, KeepECH %v, ForwardAny %v, want true", do.DisableStale, do.KeepECH, do.Access.ForwardAny)
+	}
+}
+
+// The proxy's service hosts come from the compile that built the policy
+// in force: every service of the policy has one, read from config without
+// building the spec again.
+func TestProxyServiceHostsFromCompile(t *testing.T) {
+	cfg := config.Default()
+	p, err := cfg.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := newRuntime(cfg, p, newRegistry(), slog.New(slog.DiscardHandler), nil)
+	o, err := proxyOptions(cfg, rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := p.ServiceIDs()
+	if len(ids) == 0 || len(o.ServiceHosts) != len(ids) {
+		t.Fatalf("ServiceHosts has %d services, the policy %d", len(o.ServiceHosts), len(ids))
+	}
+	for _, id := range ids {
+		host := o.ServiceHosts[id]
+		if d := p.Decide(policy.Query{Host: host, Client: netip.MustParseAddr("127.0.0.1")}); d.Service != id {
+			t.Errorf("service %q: host %q is classified as %q", id, host, d.Service)
+		}
 	}
 }
