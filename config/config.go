@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"time"
+
+	"github.com/balise-net/balise/internal/policy"
 )
 
 //go:embed default.toml
@@ -56,6 +58,10 @@ type Config struct {
 	Schedules []Schedule
 	Lists     []List
 	Rules     []Rule
+
+	// hosts holds the service hosts of the last Spec (see ServiceHosts);
+	// nil for a Config not made by Parse.
+	hosts *serviceHosts
 }
 
 // CatalogSection is [catalog]: which parts of the embedded service catalog
@@ -110,11 +116,14 @@ type Group struct {
 	Users           []string
 }
 
-// Schedule is a [[schedule]]: named weekly windows, as written
-// ("mon-fri 12:00-13:00"); they were validated with policy.ParseWindow.
+// Schedule is a [[schedule]]: named weekly windows. Windows are as
+// written ("mon-fri 12:00-13:00"), for messages; Parsed holds each of them
+// as policy.ParseWindow read it when the file was parsed (same order), and
+// is what Spec hands the engine.
 type Schedule struct {
 	Name    string
 	Windows []string
+	Parsed  []policy.Window
 }
 
 // List is a [[list]]: extra listed domains (a service of its own, named

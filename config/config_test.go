@@ -9,6 +9,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/balise-net/balise/internal/policy"
 )
 
 func mustParse(t *testing.T, path, data string) *Config {
@@ -34,10 +36,13 @@ func TestParseDefaults(t *testing.T) {
 		{"ListCache.CacheDir", c.ListCache.CacheDir, "/etc/balise/balise-data/lists"},
 		{"Proxy.Listen", c.Proxy.Listen, []string{"127.0.0.1:3128"}},
 		{"Proxy.AllowedClients", c.Proxy.AllowedClients, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
-		{"Proxy.ConnectPorts", c.Proxy.ConnectPorts, []int{443}},
+		{"Proxy.ConnectPorts", c.Proxy.ConnectPorts, []uint16{443}},
 		{"Proxy.IPLiterals", c.Proxy.IPLiterals, "sni"},
 		{"Proxy.TransparentMode", c.Proxy.TransparentMode, "redirect"},
 		{"Proxy.NoSNI", c.Proxy.NoSNI, "deny"},
+		{"Proxy.AllowNoSNI", c.Proxy.AllowNoSNI, false},
+		{"Proxy.TPROXY", c.Proxy.TPROXY, false},
+		{"Proxy.ParentURL", c.Proxy.ParentURL == nil, true},
 		{"Proxy.DialTimeout", c.Proxy.DialTimeout, 10 * time.Second},
 		{"Proxy.IdleTimeout", c.Proxy.IdleTimeout, 5 * time.Minute},
 		{"Proxy.MaxTunnelLifetime", c.Proxy.MaxTunnelLifetime, 12 * time.Hour},
@@ -50,20 +55,20 @@ func TestParseDefaults(t *testing.T) {
 		{"DNS.Upstreams", c.DNS.Upstreams, []string{"9.9.9.9:53", "149.112.112.112:53"}},
 		{"DNS.Timeout", c.DNS.Timeout, time.Second},
 		{"DNS.BlockResponse", c.DNS.BlockResponse, "nxdomain"},
-		{"DNS.StripECH", c.DNS.StripECH, true},
+		{"DNS.KeepECH", c.DNS.KeepECH, false},
 		{"DNS.CacheSize", c.DNS.CacheSize, 100000},
 		{"DNS.MaxTTL", c.DNS.MaxTTL, 24 * time.Hour},
 		{"DNS.BlockedTTL", c.DNS.BlockedTTL, time.Minute},
 		{"DNS.NegativeTTL", c.DNS.NegativeTTL, time.Hour},
-		{"DNS.ServeStale", c.DNS.ServeStale, true},
+		{"DNS.DisableStale", c.DNS.DisableStale, false},
 		{"DNS.StaleTTL", c.DNS.StaleTTL, 30 * time.Second},
 		{"DNS.StaleMaxAge", c.DNS.StaleMaxAge, 24 * time.Hour},
-		{"DNS.RateLimit", c.DNS.RateLimit, 200},
+		{"DNS.RateLimit", c.DNS.RateLimit, 200.0},
 		{"DNS.RateBurst", c.DNS.RateBurst, 400},
 		{"DNS.AllowedClients", c.DNS.AllowedClients, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
 		{"DNS.MaxTCPPerClient", c.DNS.MaxTCPPerClient, 16},
 		{"DNS.TCPIdleTimeout", c.DNS.TCPIdleTimeout, 10 * time.Second},
-		{"DNS.RefuseAny", c.DNS.RefuseAny, true},
+		{"DNS.ForwardAny", c.DNS.ForwardAny, false},
 		{"Proxy.OpaquePorts", len(c.Proxy.OpaquePorts), 0},
 		{"Warnings", len(c.Warnings), 0},
 		{"Metrics.Listen", c.Metrics.Listen, []string{"127.0.0.1:9464"}},
@@ -264,6 +269,13 @@ action = "block"`,
 					t.Errorf("Groups = %+v, want %+v", c.Groups, wantG)
 				}
 				wantS := []Schedule{{Name: "pauses", Windows: []string{"mon-fri 12:00-13:00", "sat 22:30-02:00"}}}
+				for _, w := range wantS[0].Windows {
+					pw, err := policy.ParseWindow(w)
+					if err != nil {
+						t.Fatal(err)
+					}
+					wantS[0].Parsed = append(wantS[0].Parsed, pw)
+				}
 				if !reflect.DeepEqual(c.Schedules, wantS) {
 					t.Errorf("Schedules = %+v, want %+v", c.Schedules, wantS)
 				}

@@ -5,7 +5,11 @@ import (
 	"time"
 )
 
-// DNSSection is [dns]: the DNS filter.
+// DNSSection is [dns]: the DNS filter. Each field already holds what the
+// field of the same name in dnsfilter.Options (or dnsfilter.Access) wants
+// (cmd/balise copies it): booleans are held in the option's sense
+// (strip_ech = true is KeepECH = false) and a key's 0 that means "off"
+// (cache_size) is held as -1, as the field's comment says.
 type DNSSection struct {
 	// Listen are the UDP and TCP addresses (default ["127.0.0.1:5353"]);
 	// an empty array turns the filter off.
@@ -22,9 +26,12 @@ type DNSSection struct {
 	// Sinkhole are the addresses answered for blocked names when
 	// BlockResponse is "sinkhole" (required then).
 	Sinkhole []netip.Addr
-	// StripECH removes ECH parameters from HTTPS/SVCB answers (default true).
-	StripECH bool
-	// CacheSize bounds the answer cache in entries (default 100000; 0 = off).
+	// KeepECH is the opposite of strip_ech (default true: ECH parameters
+	// are removed from HTTPS/SVCB answers, KeepECH false).
+	KeepECH bool
+	// CacheSize bounds the answer cache in entries (default 100000). The
+	// file's 0 (no cache) is held as -1, the value dnsfilter.Options uses
+	// for no cache.
 	CacheSize int
 	// MinTTL and MaxTTL clamp cached answers' TTLs (default 0s and 24h).
 	MinTTL time.Duration
@@ -33,17 +40,18 @@ type DNSSection struct {
 	BlockedTTL time.Duration
 	// NegativeTTL caps the caching of NXDOMAIN/NODATA (default 1h).
 	NegativeTTL time.Duration
-	// ServeStale answers from expired cache entries when every upstream
-	// fails (default true).
-	ServeStale bool
+	// DisableStale is the opposite of serve_stale (default true: expired
+	// cache entries are answered when every upstream fails, DisableStale
+	// false).
+	DisableStale bool
 	// StaleTTL is the TTL of stale answers (default 30s).
 	StaleTTL time.Duration
 	// StaleMaxAge is how long past expiry an answer may be served stale
 	// (default 24h).
 	StaleMaxAge time.Duration
 	// RateLimit is queries per second per client (default 200; 0 = off);
-	// RateBurst the burst (default 400).
-	RateLimit int
+	// RateBurst the burst (default the larger of 400 and RateLimit).
+	RateLimit float64
 	RateBurst int
 	// AllowedClients may query the filter; others get REFUSED (default
 	// 127.0.0.0/8 and ::1/128). Required when Listen reaches beyond
@@ -54,14 +62,15 @@ type DNSSection struct {
 	MaxTCPPerClient int
 	// TCPIdleTimeout closes a TCP connection idle this long (default 10s).
 	TCPIdleTimeout time.Duration
-	// RefuseAny answers ANY queries with the RFC 8482 HINFO answer
-	// instead of forwarding them (default true).
-	RefuseAny bool
+	// ForwardAny is the opposite of refuse_any (default true: ANY
+	// queries get the RFC 8482 HINFO answer instead of being forwarded,
+	// ForwardAny false).
+	ForwardAny bool
 	// RateLimitExempt are clients not rate limited (e.g. forwarding DNS
 	// servers).
 	RateLimitExempt []netip.Prefix
 	// UDPSockets is the number of SO_REUSEPORT sockets per UDP address
-	// (default 0 = one per CPU).
+	// (default 0: one per CPU, as in dnsfilter.Options).
 	UDPSockets int
 	// Forward sends zones to their own upstreams ([[dns.forward]]).
 	Forward []Forward

@@ -102,7 +102,7 @@ func (p *parser) parse() *Config {
 	}
 	p.pos = scanPositions(p.data)
 	root := p.table("", doc)
-	c := &Config{Path: p.path}
+	c := &Config{Path: p.path, hosts: &serviceHosts{}}
 
 	c.Timezone = root.str("timezone", "America/Toronto")
 	loc, err := time.LoadLocation(c.Timezone)
@@ -255,10 +255,11 @@ func (p *parser) pathKey(t *tbl, k, def string) string {
 	return p.resolve(t.str(k, def))
 }
 
-// checkURL validates an http(s) URL ("" is accepted: unset).
-func (p *parser) checkURL(key, s string, schemes ...string) {
+// checkURL validates an http(s) URL ("" is accepted: unset) and returns
+// it parsed (nil when unset or invalid).
+func (p *parser) checkURL(key, s string, schemes ...string) *url.URL {
 	if s == "" {
-		return
+		return nil
 	}
 	u, err := url.Parse(s)
 	ok := err == nil && u.Host != ""
@@ -272,5 +273,7 @@ func (p *parser) checkURL(key, s string, schemes ...string) {
 	}
 	if !ok {
 		p.valueErr(key, "invalid URL %q (want %s://host[:port]/...)", s, strings.Join(schemes, "|"))
+		return nil
 	}
+	return u
 }

@@ -69,7 +69,8 @@ func (p *parser) schedules(ts []*tbl) []Schedule {
 			p.keyErr(t.path, "schedule %shas no windows", quoteSpace(s.Name))
 		}
 		for i, w := range ws {
-			if _, err := policy.ParseWindow(w); err != nil {
+			pw, err := policy.ParseWindow(w)
+			if err != nil {
 				msg := err.Error()
 				if !strings.Contains(msg, w) {
 					msg = fmt.Sprintf("invalid window %q: %s", w, msg)
@@ -78,6 +79,7 @@ func (p *parser) schedules(ts []*tbl) []Schedule {
 				continue
 			}
 			s.Windows = append(s.Windows, w)
+			s.Parsed = append(s.Parsed, pw)
 		}
 		t.finish()
 		if s.Name != "" {

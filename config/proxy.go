@@ -2,10 +2,15 @@ package config
 
 import (
 	"net/netip"
+	"net/url"
 	"time"
 )
 
 // ProxySection is [proxy]: the explicit and transparent HTTP(S) proxy.
+// Each field already holds what the field of the same name in
+// proxy.Options wants (cmd/balise copies it): where a key's file value
+// and the option's meaning differ (max_tunnels_per_client = 0), the
+// field's comment says how it was mapped.
 type ProxySection struct {
 	// Listen are the explicit proxy's addresses (default
 	// ["127.0.0.1:3128"]); an empty array turns it off.
@@ -13,7 +18,7 @@ type ProxySection struct {
 	// AllowedClients may use the proxy (default 127.0.0.0/8 and ::1/128).
 	AllowedClients []netip.Prefix
 	// ConnectPorts are the ports CONNECT may reach (default [443]).
-	ConnectPorts []int
+	ConnectPorts []uint16
 	// Resolver is a DNS server (host:port) used to reach destinations
 	// ("" = the system resolver).
 	Resolver string
@@ -23,8 +28,10 @@ type ProxySection struct {
 	// unless its server name is a listed, allowed service ("deny"). Plain
 	// HTTP to an IP literal is decided on the address.
 	IPLiterals string
-	// Parent is an upstream proxy URL (http://host:port, "" = direct).
-	Parent string
+	// Parent is an upstream proxy URL (http://host:port, "" = direct), as
+	// written; ParentURL is it parsed (nil = direct).
+	Parent    string
+	ParentURL *url.URL
 	// ParentCredentialsFile holds "user:password" for Parent ("" = none).
 	ParentCredentialsFile string
 	// PortalURL is the public URL of the portal ("" = derived from the
@@ -34,16 +41,19 @@ type ProxySection struct {
 	// redirected port-80 and port-443 traffic (empty = off).
 	TransparentHTTP  []string
 	TransparentHTTPS []string
-	// TransparentMode is "redirect" or "tproxy" (default "redirect").
+	// TransparentMode is "redirect" or "tproxy" (default "redirect");
+	// TPROXY is TransparentMode == "tproxy".
 	TransparentMode string
+	TPROXY          bool
 	// NoSNI is "allow" or "deny" (default "deny"): tunnels, explicit and
 	// transparent, whose ClientHello carries no server name (opaque
-	// ports excepted).
-	NoSNI string
+	// ports excepted). AllowNoSNI is NoSNI == "allow".
+	NoSNI      string
+	AllowNoSNI bool
 	// OpaquePorts are CONNECT ports whose traffic is not TLS (default
 	// none; each must be in ConnectPorts). On every other port the
 	// client's first bytes must be a TLS ClientHello.
-	OpaquePorts []int
+	OpaquePorts []uint16
 	// DialTimeout bounds connecting to a destination (default 10s).
 	DialTimeout time.Duration
 	// IdleTimeout closes idle tunnels and keep-alive connections
@@ -56,7 +66,8 @@ type ProxySection struct {
 	// MaxHeaderBytes bounds a request's header size (default 65536).
 	MaxHeaderBytes int
 	// MaxTunnelsPerClient bounds concurrent tunnels per client address
-	// (default 256; 0 = unlimited).
+	// (default 256). The file's 0 (unlimited) is held as -1, the value
+	// proxy.Options uses for no cap.
 	MaxTunnelsPerClient int
 	// DirectDomains and DirectNetworks go DIRECT in the PAC file.
 	DirectDomains  []string

@@ -54,14 +54,14 @@ func (p *parser) proxySection(t *tbl) ProxySection {
 	c.Listen = p.listen(t, "listen", []string{"127.0.0.1:3128"})
 	var ok bool
 	if c.AllowedClients, ok = p.prefixes(t, "allowed_clients"); !ok {
-		c.AllowedClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+		c.AllowedClients = loopback()
 	}
 	for i, pf := range c.AllowedClients {
 		if pf.Bits() == 0 {
 			p.valueErr(fmt.Sprintf("proxy.allowed_clients[%d]", i), "%s would make an open proxy; list the institution's networks", pf)
 		}
 	}
-	c.ConnectPorts = p.ports(t, "connect_ports", []int{443})
+	c.ConnectPorts = p.ports(t, "connect_ports", []uint16{443})
 	c.Resolver = t.str("resolver", "")
 	if c.Resolver != "" {
 		if err := checkHostPort(c.Resolver); err != nil {
@@ -73,7 +73,7 @@ func (p *parser) proxySection(t *tbl) ProxySection {
 		p.warn("proxy.ip_literals", `"allow" lets tunnels to IP addresses through without a server name; "sni" (the default) decides them on the name they carry`)
 	}
 	c.Parent = t.str("parent", "")
-	p.checkURL("proxy.parent", c.Parent, "http")
+	c.ParentURL = p.checkURL("proxy.parent", c.Parent, "http")
 	c.ParentCredentialsFile = p.pathKey(t, "parent_credentials_file", "")
 	if c.ParentCredentialsFile != "" && c.Parent == "" {
 		p.valueErr("proxy.parent_credentials_file", "set without proxy.parent")
@@ -83,7 +83,9 @@ func (p *parser) proxySection(t *tbl) ProxySection {
 	c.TransparentHTTP = p.listen(t, "transparent_http", nil)
 	c.TransparentHTTPS = p.listen(t, "transparent_https", nil)
 	c.TransparentMode = t.enum("transparent_mode", "redirect", "redirect", "tproxy")
+	c.TPROXY = c.TransparentMode == "tproxy"
 	c.NoSNI = t.enum("no_sni", "deny", "allow", "deny")
+	c.AllowNoSNI = c.NoSNI == "allow"
 	if c.NoSNI == "allow" {
 		p.warn("proxy.no_sni", `"allow" lets TLS tunnels without a server name through on every port; list non-TLS ports in proxy.opaque_ports instead`)
 	}
@@ -99,6 +101,9 @@ func (p *parser) proxySection(t *tbl) ProxySection {
 	c.HeaderTimeout = t.duration("header_timeout", 10*time.Second)
 	c.MaxHeaderBytes = t.integer("max_header_bytes", 65536, 1024, 1<<24)
 	c.MaxTunnelsPerClient = t.integer("max_tunnels_per_client", 256, 0, math.MaxInt32)
+	if c.MaxTunnelsPerClient == 0 {
+		c.MaxTunnelsPerClient = -1 // the file's 0 is no cap
+	}
 	domains, _ := t.strs("direct_domains")
 	for i, d := range domains {
 		n, err := normalizeDomain(d)
@@ -161,8 +166,11 @@ func (p *parser) dnsSection(t *tbl) DNSSection {
 	if c.BlockResponse == "sinkhole" && len(sinks) == 0 {
 		p.valueErr("dns.block_response", `"sinkhole" needs dns.sinkhole, the addresses of the block-page server`)
 	}
-	c.StripECH = t.boolean("strip_ech", true)
+	c.KeepECH = !t.boolean("strip_ech", true)
 	c.CacheSize = t.integer("cache_size", 100000, 0, math.MaxInt32)
+	if c.CacheSize == 0 {
+		c.CacheSize = -1 // the file's 0 is no cache
+	}
 	c.MinTTL = t.duration("min_ttl", 0)
 	c.MaxTTL = t.duration("max_ttl", 24*time.Hour)
 	if c.MaxTTL < c.MinTTL {
@@ -170,20 +178,21 @@ func (p *parser) dnsSection(t *tbl) DNSSection {
 	}
 	c.BlockedTTL = t.duration("blocked_ttl", time.Minute)
 	c.NegativeTTL = t.duration("negative_ttl", time.Hour)
-	c.ServeStale = t.boolean("serve_stale", true)
+	c.DisableStale = !t.boolean("serve_stale", true)
 	c.StaleTTL = t.duration("stale_ttl", 30*time.Second)
 	c.StaleMaxAge = t.duration("stale_max_age", 24*time.Hour)
-	c.RateLimit = t.integer("rate_limit", 200, 0, math.MaxInt32)
-	c.RateBurst = t.integer("rate_burst", max(400, c.RateLimit), 0, math.MaxInt32)
-	if c.RateLimit > 0 && c.RateBurst < c.RateLimit {
-		p.valueErr("dns.rate_burst", "must be at least dns.rate_limit (%d)", c.RateLimit)
+	rate := t.integer("rate_limit", 200, 0, math.MaxInt32)
+	c.RateLimit = float64(rate)
+	c.RateBurst = t.integer("rate_burst", max(400, rate), 0, math.MaxInt32)
+	if rate > 0 && c.RateBurst < rate {
+		p.valueErr("dns.rate_burst", "must be at least dns.rate_limit (%d)", rate)
 	}
 	c.RateLimitExempt, _ = p.prefixes(t, "rate_limit_exempt")
 	c.UDPSockets = t.integer("udp_sockets", 0, 0, 1024)
 	var given bool
 	c.AllowedClients, given = p.prefixes(t, "allowed_clients")
 	if !given {
-		c.AllowedClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+		c.AllowedClients = loopback()
 		if addr, beyond := beyondLoopback(c.Listen); beyond {
 			p.keyErr("dns.listen", "%s reaches beyond loopback: set dns.allowed_clients to the institution's networks (Balise is never an open resolver)", addr)
 		}
@@ -199,7 +208,7 @@ func (p *parser) dnsSection(t *tbl) DNSSection {
 		p.valueErr("dns.tcp_idle_timeout", "must be more than 0s")
 		c.TCPIdleTimeout = 10 * time.Second
 	}
-	c.RefuseAny = t.boolean("refuse_any", true)
+	c.ForwardAny = !t.boolean("refuse_any", true)
 	zones := map[string]string{}
 	for _, ft := range t.tables("forward") {
 		var f Forward
@@ -224,13 +233,19 @@ func (p *parser) dnsSection(t *tbl) DNSSection {
 	return c
 }
 
+// loopback is the default of proxy.allowed_clients and dns.allowed_clients,
+// and of the front-ends' AllowedClients: 127.0.0.0/8 and ::1/128.
+func loopback() []netip.Prefix {
+	return []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+}
+
 // ports reads an array of port numbers (def when the key is absent).
-func (p *parser) ports(t *tbl, k string, def []int) []int {
+func (p *parser) ports(t *tbl, k string, def []uint16) []uint16 {
 	v, ok := t.get(k)
 	if !ok {
 		return def
 	}
-	var out []int
+	var out []uint16
 	arr, isArr := v.([]any)
 	if !isArr {
 		t.typeErr(t.key(k), "an array of ports", v)
@@ -241,7 +256,7 @@ func (p *parser) ports(t *tbl, k string, def []int) []int {
 			p.valueErr(fmt.Sprintf("%s[%d]", t.key(k), i), "must be a port number (1 to 65535)")
 			continue
 		}
-		out = append(out, int(n))
+		out = append(out, uint16(n))
 	}
 	return out
 }

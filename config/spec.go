@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"sync"
 
 	"github.com/balise-net/balise/internal/policy"
 )
@@ -11,8 +12,9 @@ import (
 // Spec builds the engine's input: the catalog's services (minus disabled
 // services and categories, plus the opted-in extra, shared and copyleft
 // domains), the [[list]]s (inline domains, the files read by Load, the
-// cached copies of URLs), the canaries, groups, schedules and rules. It
-// reads cached list copies but never writes anything.
+// cached copies of URLs), the canaries, groups, schedules (the windows
+// Parse already parsed) and rules. It reads cached list copies but never
+// writes a file; it records each service's first domain for ServiceHosts.
 func (c *Config) Spec() (policy.Spec, error) {
 	spec := policy.Spec{Location: c.Location, DefaultAction: verdict(c.DefaultAction)}
 	if spec.Location == nil {
@@ -50,15 +52,7 @@ func (c *Config) Spec() (policy.Spec, error) {
 		})
 	}
 	for _, s := range c.Schedules {
-		ps := policy.Schedule{Name: s.Name}
-		for _, w := range s.Windows {
-			pw, err := policy.ParseWindow(w)
-			if err != nil {
-				return policy.Spec{}, fmt.Errorf("schedule %q: %w", s.Name, err)
-			}
-			ps.Windows = append(ps.Windows, pw)
-		}
-		spec.Schedules = append(spec.Schedules, ps)
+		spec.Schedules = append(spec.Schedules, policy.Schedule{Name: s.Name, Windows: slices.Clone(s.Parsed)})
 	}
 	for _, r := range c.Rules {
 		spec.Rules = append(spec.Rules, policy.Rule{
@@ -67,7 +61,45 @@ func (c *Config) Spec() (policy.Spec, error) {
 			Action: verdict(r.Action),
 		})
 	}
+	c.hosts.set(spec.Services)
 	return spec, nil
+}
+
+// serviceHosts keeps the first domain of each listed service, as the last
+// Spec of a Config found them.
+type serviceHosts struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+// set records the first domain of each service (nil h: nothing).
+func (h *serviceHosts) set(services []policy.Service) {
+	if h == nil {
+		return
+	}
+	m := make(map[string]string, len(services))
+	for _, s := range services {
+		if len(s.Domains) > 0 {
+			m[s.ID] = s.Domains[0]
+		}
+	}
+	h.mu.Lock()
+	h.m = m
+	h.mu.Unlock()
+}
+
+// ServiceHosts maps each listed service id to its first domain, as the
+// last Spec (or Compile) of c built them: the portal decides on it to
+// show a caller what it may reach. It reads nothing: nil before the first
+// Spec, and for a Config not made by Load, Parse or Default. Callers must
+// not modify the map.
+func (c *Config) ServiceHosts() map[string]string {
+	if c.hosts == nil {
+		return nil
+	}
+	c.hosts.mu.Lock()
+	defer c.hosts.mu.Unlock()
+	return c.hosts.m
 }
 
 // Compile builds the engine: policy.New(c.Spec()).

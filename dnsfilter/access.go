@@ -2,6 +2,7 @@ package dnsfilter
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -45,22 +46,29 @@ type access struct {
 
 var loopbackPrefixes = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 
+// WithDefaults returns a with every zero field that has a default set to
+// it, as New and SetAccess apply them.
+func (a Access) WithDefaults() Access {
+	if len(a.AllowedClients) == 0 {
+		a.AllowedClients = slices.Clone(loopbackPrefixes)
+	}
+	if a.MaxTCPPerClient <= 0 {
+		a.MaxTCPPerClient = defaultMaxTCPPerClient
+	}
+	if a.TCPIdleTimeout <= 0 {
+		a.TCPIdleTimeout = defaultTCPIdleTimeout
+	}
+	return a
+}
+
 func newAccess(a Access) *access {
+	a = a.WithDefaults()
 	ac := &access{maxPerClient: a.MaxTCPPerClient, idle: a.TCPIdleTimeout, forwardAny: a.ForwardAny}
 	for _, p := range a.AllowedClients {
 		if p.Addr().Is4In6() && p.Bits() >= 96 {
 			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 		}
 		ac.allowed = append(ac.allowed, p.Masked())
-	}
-	if len(ac.allowed) == 0 {
-		ac.allowed = loopbackPrefixes
-	}
-	if ac.maxPerClient <= 0 {
-		ac.maxPerClient = defaultMaxTCPPerClient
-	}
-	if ac.idle <= 0 {
-		ac.idle = defaultTCPIdleTimeout
 	}
 	return ac
 }

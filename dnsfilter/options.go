@@ -63,7 +63,8 @@ type Options struct {
 	// "sinkhole" (the Sinkhole addresses). Empty: "nxdomain".
 	BlockResponse string
 	// Sinkhole are the addresses of the block-page server, answered to A
-	// and AAAA queries for blocked names when BlockResponse is "sinkhole".
+	// and AAAA queries for blocked names when BlockResponse is "sinkhole"
+	// (required then). Nil: none.
 	Sinkhole []netip.Addr
 	// BlockedTTL is the largest TTL of a blocked answer. Zero: 60 s.
 	BlockedTTL time.Duration
@@ -71,10 +72,11 @@ type Options struct {
 	// (false): it is removed, so that TLS handshakes keep a readable SNI.
 	KeepECH bool
 
-	// CacheSize bounds the answer cache in entries. Zero or negative: no
-	// cache (and so no stale answers).
+	// CacheSize bounds the answer cache in entries. Zero: 100000
+	// (DefaultCacheSize). Negative: no cache (and so no stale answers).
 	CacheSize int
-	// MinTTL and MaxTTL bound the TTLs of cached answers. Zero MaxTTL: 24 h.
+	// MinTTL and MaxTTL bound the TTLs of cached answers. Zero MinTTL: no
+	// floor. Zero MaxTTL: 24 h.
 	MinTTL, MaxTTL time.Duration
 	// NegativeTTL caps how long NXDOMAIN and NODATA answers are cached
 	// (RFC 2308). Zero: 1 h.
@@ -209,45 +211,7 @@ func (o Options) settings() (*settings, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	if s.UDPSockets <= 0 {
-		s.UDPSockets = runtime.NumCPU()
-	}
-	if s.Timeout <= 0 {
-		s.Timeout = time.Second
-	}
-	if s.ClientTimeout <= 0 {
-		s.ClientTimeout = 1800 * time.Millisecond
-	}
-	if s.ProbeInterval <= 0 {
-		s.ProbeInterval = 5 * time.Second
-	}
-	if s.MaxTTL <= 0 {
-		s.MaxTTL = 24 * time.Hour
-	}
-	if s.NegativeTTL <= 0 {
-		s.NegativeTTL = time.Hour
-	}
-	if s.BlockedTTL <= 0 {
-		s.BlockedTTL = time.Minute
-	}
-	if s.StaleTTL <= 0 {
-		s.StaleTTL = 30 * time.Second
-	}
-	if s.StaleMaxAge <= 0 {
-		s.StaleMaxAge = 24 * time.Hour
-	}
-	if s.RateLimit > 0 && s.RateBurst == 0 {
-		s.RateBurst = int(2 * s.RateLimit)
-		if s.RateBurst < 1 {
-			s.RateBurst = 1
-		}
-	}
-	if s.Clock == nil {
-		s.Clock = time.Now
-	}
-	if s.Logger == nil {
-		s.Logger = slog.New(slog.DiscardHandler)
-	}
+	s.Options = o.WithDefaults()
 	s.blockedTTL = seconds(s.BlockedTTL)
 	s.minTTL = seconds(s.MinTTL)
 	s.maxTTL = seconds(s.MaxTTL)
@@ -257,6 +221,63 @@ func (o Options) settings() (*settings, error) {
 		s.minTTL = s.maxTTL
 	}
 	return s, nil
+}
+
+// DefaultCacheSize is the answer cache's size when Options.CacheSize is
+// zero (config dns.cache_size).
+const DefaultCacheSize = 100000
+
+// WithDefaults returns o with every zero field that has a default set to
+// it, as New applies them (Access included). Config's defaults equal
+// these (a test in cmd/balise checks it).
+func (o Options) WithDefaults() Options {
+	if o.BlockResponse == "" {
+		o.BlockResponse = BlockNXDOMAIN
+	}
+	if o.CacheSize == 0 {
+		o.CacheSize = DefaultCacheSize
+	}
+	if o.UDPSockets <= 0 {
+		o.UDPSockets = runtime.NumCPU()
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = time.Second
+	}
+	if o.ClientTimeout <= 0 {
+		o.ClientTimeout = 1800 * time.Millisecond
+	}
+	if o.ProbeInterval <= 0 {
+		o.ProbeInterval = 5 * time.Second
+	}
+	if o.MaxTTL <= 0 {
+		o.MaxTTL = 24 * time.Hour
+	}
+	if o.NegativeTTL <= 0 {
+		o.NegativeTTL = time.Hour
+	}
+	if o.BlockedTTL <= 0 {
+		o.BlockedTTL = time.Minute
+	}
+	if o.StaleTTL <= 0 {
+		o.StaleTTL = 30 * time.Second
+	}
+	if o.StaleMaxAge <= 0 {
+		o.StaleMaxAge = 24 * time.Hour
+	}
+	if o.RateLimit > 0 && o.RateBurst == 0 {
+		o.RateBurst = int(2 * o.RateLimit)
+		if o.RateBurst < 1 {
+			o.RateBurst = 1
+		}
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	o.Access = o.Access.WithDefaults()
+	return o
 }
 
 func seconds(d time.Duration) uint32 {

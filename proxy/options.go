@@ -124,8 +124,9 @@ type Options struct {
 	// since it started, or shown without a verdict. Nil: only those.
 	ServiceHosts map[string]string
 	// DirectDomains go DIRECT in the PAC file (with their subdomains).
+	// Nil: none.
 	DirectDomains []string
-	// DirectNetworks go DIRECT in the PAC file.
+	// DirectNetworks go DIRECT in the PAC file. Nil: none.
 	DirectNetworks []netip.Prefix
 
 	// CA is the institution's CA used to show the block page on blocked
@@ -147,6 +148,7 @@ type Options struct {
 	// TPROXY makes transparent listeners take a connection's original
 	// destination from its local address (iptables/nftables TPROXY, with
 	// IP_TRANSPARENT listeners) instead of SO_ORIGINAL_DST (REDIRECT).
+	// False: REDIRECT (transparent_mode = "redirect").
 	TPROXY bool
 	// AllowNoSNI lets tunnels, explicit and transparent, whose ClientHello
 	// carries no server name through, decided on the CONNECT host or the
@@ -182,6 +184,15 @@ const (
 	IPLiteralsDeny
 )
 
+// WithDefaults returns o with every zero field that has a default set to
+// it, as New applies them. Config's defaults equal these (a test in
+// cmd/balise checks it).
+func (o Options) WithDefaults() Options {
+	o.setDefaults()
+	return o
+}
+
+// setDefaults gives every zero field its documented default.
 func (o *Options) setDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

@@ -76,7 +76,7 @@ func dnsReloadFields() map[string]string {
 		"dns.allowed_clients":    "AllowedClients",
 		"dns.max_tcp_per_client": "MaxTCPPerClient",
 		"dns.tcp_idle_timeout":   "TCPIdleTimeout",
-		"dns.refuse_any":         "RefuseAny",
+		"dns.refuse_any":         "ForwardAny",
 	}
 }
 
@@ -90,13 +90,13 @@ func dnsRestartFields() map[string]string {
 		"dns.timeout":           "Timeout",
 		"dns.block_response":    "BlockResponse",
 		"dns.sinkhole":          "Sinkhole",
-		"dns.strip_ech":         "StripECH",
+		"dns.strip_ech":         "KeepECH",
 		"dns.cache_size":        "CacheSize",
 		"dns.min_ttl":           "MinTTL",
 		"dns.max_ttl":           "MaxTTL",
 		"dns.blocked_ttl":       "BlockedTTL",
 		"dns.negative_ttl":      "NegativeTTL",
-		"dns.serve_stale":       "ServeStale",
+		"dns.serve_stale":       "DisableStale",
 		"dns.stale_ttl":         "StaleTTL",
 		"dns.stale_max_age":     "StaleMaxAge",
 		"dns.rate_limit":        "RateLimit",
@@ -121,21 +121,24 @@ func dnsRestartKeys(a, b config.DNSSection) []string {
 	return keys
 }
 
-// dnsAccess maps the reloadable [dns] keys onto the filter's Access.
+// dnsAccess copies the reloadable [dns] keys onto the filter's Access
+// (config holds them as Access wants them).
 func dnsAccess(c config.DNSSection) dnsfilter.Access {
 	return dnsfilter.Access{
 		AllowedClients:  c.AllowedClients,
 		MaxTCPPerClient: c.MaxTCPPerClient,
 		TCPIdleTimeout:  c.TCPIdleTimeout,
-		ForwardAny:      !c.RefuseAny,
+		ForwardAny:      c.ForwardAny,
 	}
 }
 
-// dnsOptions maps [dns] onto the filter's options.
+// dnsOptions copies [dns] onto the filter's options: config holds every
+// value as dnsfilter.Options wants it (defaults, booleans in the option's
+// sense, 0 = no cache already mapped), so nothing is converted here.
 func dnsOptions(c config.DNSSection, rt *runtime) dnsfilter.Options {
-	fwd := make([]dnsfilter.Forward, 0, len(c.Forward))
+	var fwd []dnsfilter.Forward // nil when there is no [[dns.forward]], as in the zero Options
 	for _, z := range c.Forward {
-		fwd = append(fwd, dnsfilter.Forward{Zone: z.Zone, Upstreams: z.Upstreams})
+		fwd = append(fwd, dnsfilter.Forward(z))
 	}
 	return dnsfilter.Options{
 		Listen:          c.Listen,
@@ -146,15 +149,15 @@ func dnsOptions(c config.DNSSection, rt *runtime) dnsfilter.Options {
 		BlockResponse:   c.BlockResponse,
 		Sinkhole:        c.Sinkhole,
 		BlockedTTL:      c.BlockedTTL,
-		KeepECH:         !c.StripECH,
+		KeepECH:         c.KeepECH,
 		CacheSize:       c.CacheSize,
 		MinTTL:          c.MinTTL,
 		MaxTTL:          c.MaxTTL,
 		NegativeTTL:     c.NegativeTTL,
-		DisableStale:    !c.ServeStale,
+		DisableStale:    c.DisableStale,
 		StaleTTL:        c.StaleTTL,
 		StaleMaxAge:     c.StaleMaxAge,
-		RateLimit:       float64(c.RateLimit),
+		RateLimit:       c.RateLimit,
 		RateBurst:       c.RateBurst,
 		RateLimitExempt: c.RateLimitExempt,
 		Access:          dnsAccess(c),

@@ -103,7 +103,7 @@ func TestDNSRestartKeys(t *testing.T) {
 			c.AllowedClients = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
 			c.MaxTCPPerClient = 2
 			c.TCPIdleTimeout = time.Second
-			c.RefuseAny = !c.RefuseAny
+			c.ForwardAny = !c.ForwardAny
 		}, nil},
 		{"listen and timeout", func(c *config.DNSSection) {
 			c.Listen = []string{"127.0.0.1:53"}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -113,6 +112,7 @@ func startProxy(ctx context.Context, rt *runtime) error {
 			case <-ctx.Done():
 				return
 			case <-changed:
+				p.SetServiceHosts(rt.config().ServiceHosts())
 				p.Redecide()
 			}
 		}
@@ -131,8 +131,11 @@ func startProxy(ctx context.Context, rt *runtime) error {
 			}
 		}, nil
 	})
+	// The service hosts come from the compiled configuration in force
+	// (config.ServiceHosts reads nothing): a reload, or a list update that
+	// recompiled it, changes them.
 	rt.onReload(func(c *config.Config) {
-		p.SetServiceHosts(serviceHosts(c))
+		p.SetServiceHosts(c.ServiceHosts())
 	})
 	return nil
 }
@@ -163,7 +166,11 @@ func proxyRestartKeys(old, nc *config.Config) []string {
 	return keys
 }
 
-// proxyOptions maps the configuration onto proxy.Options.
+// proxyOptions copies the configuration onto proxy.Options: config holds
+// every value as proxy.Options wants it (defaults, parsed ports and URLs,
+// 0 = no cap already mapped), so nothing is converted here but
+// proxy.ip_literals, a name mapped to its constant. The only file read is
+// the [proxy.tls] CA.
 func proxyOptions(cfg *config.Config, rt *runtime) (proxy.Options, error) {
 	pc := cfg.Proxy
 	o := proxy.Options{
@@ -173,8 +180,11 @@ func proxyOptions(cfg *config.Config, rt *runtime) (proxy.Options, error) {
 		Decisions:             rt.decisions,
 		Clock:                 rt.now,
 		AllowedClients:        pc.AllowedClients,
+		ConnectPorts:          pc.ConnectPorts,
+		OpaquePorts:           pc.OpaquePorts,
 		Resolver:              pc.Resolver,
 		DialTimeout:           pc.DialTimeout,
+		Parent:                pc.ParentURL,
 		ParentCredentialsFile: pc.ParentCredentialsFile,
 		IdleTimeout:           pc.IdleTimeout,
 		MaxTunnelLifetime:     pc.MaxTunnelLifetime,
@@ -189,40 +199,18 @@ func proxyOptions(cfg *config.Config, rt *runtime) (proxy.Options, error) {
 		Institution:           cfg.Institution,
 		BlockMessage:          cfg.BlockMessage,
 		BlockMessageEN:        cfg.BlockMessageEN,
-		ServiceHosts:          serviceHosts(cfg),
-		TPROXY:                pc.TransparentMode == "tproxy",
-		AllowNoSNI:            pc.NoSNI == "allow",
+		ServiceHosts:          cfg.ServiceHosts(),
+		TPROXY:                pc.TPROXY,
+		AllowNoSNI:            pc.AllowNoSNI,
 		DenyDestinations:      pc.DenyDestinations,
 		AllowDestinations:     pc.AllowDestinations,
 		OwnListeners:          rt.ownListeners(),
-	}
-	if pc.MaxTunnelsPerClient == 0 {
-		o.MaxTunnelsPerClient = -1 // config: 0 = unlimited
 	}
 	switch pc.IPLiterals {
 	case "allow":
 		o.IPLiterals = proxy.IPLiteralsAllow
 	case "deny":
 		o.IPLiterals = proxy.IPLiteralsDeny
-	}
-	for _, port := range pc.OpaquePorts {
-		if port < 1 || port > 65535 {
-			return o, fmt.Errorf("proxy: opaque_ports: %d is not a port", port)
-		}
-		o.OpaquePorts = append(o.OpaquePorts, uint16(port))
-	}
-	for _, port := range pc.ConnectPorts {
-		if port < 1 || port > 65535 {
-			return o, fmt.Errorf("proxy: connect_ports: %d is not a port", port)
-		}
-		o.ConnectPorts = append(o.ConnectPorts, uint16(port))
-	}
-	if pc.Parent != "" {
-		u, err := url.Parse(pc.Parent)
-		if err != nil {
-			return o, fmt.Errorf("proxy: parent: %w", err)
-		}
-		o.Parent = u
 	}
 	if pc.TLS.CACert != "" || pc.TLS.CAKey != "" {
 		ca, err := proxy.LoadCA(pc.TLS.CACert, pc.TLS.CAKey)
@@ -264,20 +252,4 @@ func (rt *runtime) ownListeners() []netip.AddrPort {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	return slices.Clone(rt.listeners)
-}
-
-// serviceHosts maps each listed service to its first domain, so that the
-// portal can show what a caller may reach.
-func serviceHosts(cfg *config.Config) map[string]string {
-	spec, err := cfg.Spec()
-	if err != nil {
-		return nil
-	}
-	m := make(map[string]string, len(spec.Services))
-	for _, s := range spec.Services {
-		if len(s.Domains) > 0 {
-			m[s.ID] = s.Domains[0]
-		}
-	}
-	return m
 }
