@@ -251,7 +251,6 @@ func (g *destinations) control(_, address string, _ syscall.RawConn) error {
 	return g.check(ap)
 }
 
-
 // Answers to a refused destination: RFC 9209's destination_ip_prohibited.
 const (
 	destProxyStatus = "destination_ip_prohibited"
