@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -260,10 +259,4 @@ func serviceName(d policy.Decision, host string) string {
 		return d.Service
 	}
 	return host
-}
-
-// dialContext is used by tests and the transparent mode to reach a
-// destination the way tunnels do.
-func (p *Proxy) dialContext(ctx context.Context, addr string) (net.Conn, error) {
-	return p.dial.dialTunnel(ctx, addr)
 }

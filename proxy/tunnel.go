@@ -135,12 +135,6 @@ func (s *tunnelSet) closeAll(cause int, wait time.Duration) {
 	}
 }
 
-func (s *tunnelSet) count() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.open)
-}
-
 // tunnel is one spliced client-origin byte stream.
 type tunnel struct {
 	p          *Proxy

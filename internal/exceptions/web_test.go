@@ -274,7 +274,7 @@ func TestNotifier(t *testing.T) {
 	got := make(chan Summary, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		if calls.Add(1) == 1 {
-			http.Error(rw, "busy", 503)
+			http.Error(rw, "busy", http.StatusServiceUnavailable)
 			return
 		}
 		var s Summary
