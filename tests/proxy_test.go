@@ -384,12 +384,15 @@ func TestProxySNI(t *testing.T) {
 func TestProxyTunnelClosesWhenBreakEnds(t *testing.T) {
 	requireTool(t, "curl")
 	_, httpsPort := pxOrigins(t)
+	// The break ends 8 s from now: long enough for Balise to start and
+	// curl to get through on a loaded machine, short enough for a test.
+	const breakLeft = 8 * time.Second
 	now := time.Now().UTC()
-	end := now.Add(4 * time.Second)
+	end := now.Add(breakLeft)
 	if end.Day() != now.Day() || now.Add(-time.Minute).Day() != now.Day() {
-		time.Sleep(5 * time.Second) // do not straddle midnight
+		time.Sleep(breakLeft + time.Second) // do not straddle midnight
 		now = time.Now().UTC()
-		end = now.Add(4 * time.Second)
+		end = now.Add(breakLeft)
 	}
 	tail := fmt.Sprintf(`
 [[schedule]]
