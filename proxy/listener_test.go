@@ -162,17 +162,7 @@ func TestListenerFailureLeavesOthers(t *testing.T) {
 	}
 	defer open.Close()
 	close(fl.fail)
-	select {
-	case err := <-done:
-		if !errors.Is(err, syscall.EINVAL) {
-			t.Fatalf("Start's channel = %v, want the accept error", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the failed listener was not reported")
-	}
-	if got := e.metric("balise_proxy_listener_failures_total", map[string]string{"mode": "explicit"}); got != 1 {
-		t.Errorf("listener_failures_total = %v, want 1", got)
-	}
+	wantListenerFailed(t, e, done, "explicit")
 	// The first listener still serves CONNECT.
 	tc, code, err := tlsOverTunnel(t, e.addr, "", "unlisted.test:"+port, "example.com", roots, false)
 	if err != nil || code != 200 {
@@ -200,20 +190,28 @@ func TestTransparentListenerFailure(t *testing.T) {
 	defer cancel()
 	done := e.p.StartTransparentHTTPS(ctx, fl)
 	close(fl.fail)
-	select {
-	case err := <-done:
-		if !errors.Is(err, syscall.EINVAL) {
-			t.Fatalf("StartTransparentHTTPS's channel = %v, want the accept error", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the failed transparent listener was not reported")
-	}
-	if got := e.metric("balise_proxy_listener_failures_total", map[string]string{"mode": "transparent"}); got != 1 {
-		t.Errorf("listener_failures_total{transparent} = %v, want 1", got)
-	}
+	wantListenerFailed(t, e, done, "transparent")
 	tc, code, err := tlsOverTunnel(t, e.addr, "", "unlisted.test:"+port, "example.com", roots, false)
 	if err != nil || code != 200 {
 		t.Fatalf("CONNECT after the transparent listener failed = %d %v", code, err)
 	}
 	tc.Close()
+}
+
+// wantListenerFailed waits for a listener's Start channel to report the
+// accept error that stopped it, and checks that it was counted once in
+// mode.
+func wantListenerFailed(t *testing.T, e *env, done <-chan error, mode string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if !errors.Is(err, syscall.EINVAL) {
+			t.Fatalf("the %s listener's Start channel = %v, want the accept error", mode, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the failed %s listener was not reported", mode)
+	}
+	if got := e.metric("balise_proxy_listener_failures_total", map[string]string{"mode": mode}); got != 1 {
+		t.Errorf("listener_failures_total{%s} = %v, want 1", mode, got)
+	}
 }
