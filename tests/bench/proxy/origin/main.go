@@ -70,6 +70,9 @@ func main() {
 			if _, err := c.Read(one); err != nil {
 				return
 			}
+			// The client opens with a ClientHello: read the rest of what
+			// it sends, so that closing sends FIN rather than a reset.
+			go io.Copy(io.Discard, c)
 			for left := *size; left > 0; {
 				n := int64(len(buf))
 				if n > left {
