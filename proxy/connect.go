@@ -134,12 +134,13 @@ func (p *Proxy) hijackConnect(req *http.Request, conn net.Conn, _ *goproxy.Proxy
 // (see ParseClientHello); anything else, silence included, is refused.
 func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr, host string, port uint16, d policy.Decision, pol *policy.Policy, now time.Time) (t *tunnel, intercepted bool) {
 	dest := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	cfg := p.cfg()
 	hosts := []string{}
 	if d.Listed() {
 		hosts = append(hosts, host)
 	}
-	if slices.Contains(p.cfg().OpaquePorts, port) {
-		if d.IP && p.cfg().IPLiterals == IPLiteralsDeny {
+	if slices.Contains(cfg.OpaquePorts, port) {
+		if d.IP && cfg.IPLiterals == IPLiteralsDeny {
 			p.refuseTunnel(mode, refusalIPLiteral, reasonIPLiteral, raw, client, dest, d, false)
 			return nil, false
 		}
@@ -152,11 +153,11 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 	}
 	sni := ch.ServerName
 	if sni == "" {
-		if d.IP && p.cfg().IPLiterals != IPLiteralsAllow {
+		if d.IP && cfg.IPLiterals != IPLiteralsAllow {
 			p.refuseTunnel(mode, refusalIPLiteral, reasonIPLiteral, raw, client, dest, d, true)
 			return nil, false
 		}
-		if !p.cfg().AllowNoSNI {
+		if !cfg.AllowNoSNI {
 			p.refuseTunnel(mode, refusalNoSNI, reasonNoSNI, raw, client, dest, d, true)
 			return nil, false
 		}
@@ -168,7 +169,7 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 			p.refuseTunnel(mode, refusalNotTLS, -1, raw, client, dest, policy.Decision{}, true)
 			return nil, false
 		}
-		if d.IP && sd.IP && p.cfg().IPLiterals == IPLiteralsSNI {
+		if d.IP && sd.IP && cfg.IPLiterals == IPLiteralsSNI {
 			// An address in server_name is not a name to decide on.
 			p.refuseTunnel(mode, refusalIPLiteral, reasonIPLiteral, raw, client, dest, d, true)
 			return nil, false
@@ -184,7 +185,7 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 					p.icept.serve(mode, raw, hello, client, sni, sd)
 					return nil, true
 				}
-				raw.Write(tlsAccessDenied)
+				denyTLS(raw)
 				raw.Close()
 				return nil, false
 			}
@@ -192,7 +193,7 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 			hosts = append(hosts, sni)
 		}
 	}
-	if d.IP && p.cfg().IPLiterals == IPLiteralsDeny && (sni == "" || !final.Listed() || final.Verdict != policy.Allow) {
+	if d.IP && cfg.IPLiterals == IPLiteralsDeny && (sni == "" || !final.Listed() || final.Verdict != policy.Allow) {
 		p.refuseTunnel(mode, refusalIPLiteral, reasonIPLiteral, raw, client, dest, final, true)
 		return nil, false
 	}
@@ -215,9 +216,7 @@ func (p *Proxy) readHello(mode int, c net.Conn, pre []byte, client netip.Addr, d
 	case isUnreadableHello(err), isTimeout(err):
 		p.refuseConn(mode, refusalNotTLS, client, dest)
 		if len(hello) > 0 && (hello[0] == recordHandshake || hello[0] == recordAlert) {
-			// It looked like TLS: say why it ends.
-			c.SetWriteDeadline(time.Now().Add(time.Second))
-			c.Write(tlsAccessDenied)
+			denyTLS(c) // it looked like TLS: say why it ends
 		}
 	}
 	c.Close()
@@ -235,10 +234,15 @@ func (p *Proxy) refuseTunnel(mode, refusal, reason int, c net.Conn, client netip
 	}
 	p.refuseConn(mode, refusal, client, dest)
 	if alert {
-		c.SetWriteDeadline(time.Now().Add(time.Second))
-		c.Write(tlsAccessDenied)
+		denyTLS(c)
 	}
 	c.Close()
+}
+
+// denyTLS sends the fatal access_denied alert, waiting at most a second.
+func denyTLS(c net.Conn) {
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	c.Write(tlsAccessDenied)
 }
 
 func earliestUntil(ds ...policy.Decision) time.Time {

@@ -325,15 +325,7 @@ func (p *Proxy) onRequest(r *http.Request, _ *goproxy.ProxyCtx) (*http.Request, 
 		p.m.refusals[modeExplicit][refusalBadRequest].Inc()
 		return r, textResponse(r, http.StatusBadRequest, proxyStatus("http_request_error", "invalid host name"), "Balise: invalid host name\n")
 	}
-	if d.Listed() && d.Verdict == policy.Allow {
-		p.noteAllowed(r, host, d, now)
-		if cur := p.opts.Policy.Load(); cur != pol {
-			// The policy changed while this was decided: Redecide may
-			// have missed the connection, so decide on the new one.
-			pol = cur
-			d = pol.Decide(policy.Query{Host: host, Client: client, Time: now})
-		}
-	}
+	pol, d = p.noteAllowed(r, host, client, pol, d, now)
 	p.m.request(modeExplicit, kindHTTP, d, -1)
 	p.logDecision("http", client, host, d, now)
 	if d.Verdict == policy.Block {

@@ -193,15 +193,22 @@ func (p *Proxy) serveUpgrade(h http.Handler, w http.ResponseWriter, r *http.Requ
 	}
 }
 
-// noteAllowed records, on the connection r arrived on, that d (taken at
-// now) allowed a listed host.
-func (p *Proxy) noteAllowed(r *http.Request, host string, d policy.Decision, now time.Time) {
+// noteAllowed records, on the connection r arrived on, that d (taken by
+// pol at now for client) allowed a listed host. It returns the policy and
+// decision to act on: when the policy changed while d was taken, Redecide
+// may have missed the connection, so the host is decided again on the
+// policy now in force.
+func (p *Proxy) noteAllowed(r *http.Request, host string, client netip.Addr, pol *policy.Policy, d policy.Decision, now time.Time) (*policy.Policy, policy.Decision) {
 	if !d.Listed() || d.Verdict != policy.Allow {
-		return
+		return pol, d
 	}
 	if cc := connOf(r); cc != nil {
 		cc.allowedHost(host, d.Until, now, func() { p.redecideConnAt(cc) })
 	}
+	if cur := p.opts.Policy.Load(); cur != pol {
+		return cur, cur.Decide(policy.Query{Host: host, Client: client, Time: now})
+	}
+	return pol, d
 }
 
 // redecideConnAt runs when a decision that allowed a host on cc reaches

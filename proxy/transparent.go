@@ -134,14 +134,7 @@ func (p *Proxy) serveTransparentHTTP(gp *goproxy.ProxyHttpServer, w http.Respons
 		p.refuse(w, http.StatusBadRequest, "http_request_error", "invalid host name", "Balise: invalid host name\n")
 		return
 	}
-	if d.Listed() && d.Verdict == policy.Allow {
-		p.noteAllowed(r, host, d, now)
-		if cur := p.opts.Policy.Load(); cur != pol {
-			// Changed while deciding: Redecide may have missed this.
-			pol = cur
-			d = pol.Decide(policy.Query{Host: host, Client: client, Time: now})
-		}
-	}
+	pol, d = p.noteAllowed(r, host, client, pol, d, now)
 	p.m.request(modeTransparent, kindHTTP, d, -1)
 	p.logDecision("transparent", client, host, d, now)
 	if d.Verdict == policy.Block {
@@ -275,7 +268,7 @@ func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
 			p.icept.serve(modeTransparent, c, hello, client, host, d)
 			return
 		}
-		c.Write(tlsAccessDenied)
+		denyTLS(c)
 		c.Close()
 		return
 	}
@@ -285,7 +278,7 @@ func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
 	origin, err := p.dial.dialTunnel(ctx, orig.String())
 	if err != nil {
 		if _, refused := p.refusedDestination(err, modeTransparent, client, orig.String()); refused {
-			c.Write(tlsAccessDenied)
+			denyTLS(c)
 		}
 		c.Close()
 		return
