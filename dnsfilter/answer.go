@@ -18,6 +18,15 @@ import (
 // resolver, so browsers and operating systems keep using it.
 const ddrName = "_dns.resolver.arpa"
 
+// clock returns the time of a query that arrived at start: start itself
+// on the real clock (read once per query), else the configured clock.
+func (f *Filter) clock(start time.Time) time.Time {
+	if f.realClock {
+		return start
+	}
+	return f.s.Clock()
+}
+
 // rfc8482TTL is the TTL of the HINFO answered to ANY queries: RFC 8482
 // advises 3600 to 86400 s, to discourage repeated ANY queries.
 const rfc8482TTL = 3600
@@ -53,11 +62,7 @@ func (f *Filter) serve(s *scratch, pkt []byte, client netip.Addr, p proto, start
 		if res == parseDrop {
 			return nil, false
 		}
-		now := start
-		if !f.realClock {
-			now = f.s.Clock()
-		}
-		if md != modeResume && !f.limiter.allow(client, now.UnixNano()) {
+		if md != modeResume && !f.limiter.allow(client, f.clock(start).UnixNano()) {
 			// An outsider over its rate: no answer at all, so that
 			// REFUSED answers cannot be reflected at a spoofed source
 			// faster than the rate limit.
@@ -104,10 +109,7 @@ func (f *Filter) serve(s *scratch, pkt []byte, client netip.Addr, p proto, start
 		f.m.count(p, verdictError, reasonMalformed)
 		return errorResponse(out, pkt, q, dns.RcodeBadVers), false
 	}
-	now := start
-	if !f.realClock {
-		now = f.s.Clock()
-	}
+	now := f.clock(start)
 	nowNs := now.UnixNano()
 	if md != modeResume && !f.limiter.allow(client, nowNs) {
 		f.m.rateLimited.Inc()
@@ -187,11 +189,7 @@ func (f *Filter) serve(s *scratch, pkt []byte, client netip.Addr, p proto, start
 	case <-timer.C:
 	}
 	timer.Stop()
-	if !f.realClock {
-		now = f.s.Clock()
-	} else {
-		now = time.Now()
-	}
+	now = f.clock(time.Now())
 	select {
 	case <-fl.done:
 		if fl.e != nil {
