@@ -318,12 +318,23 @@ func (p *Proxy) redecideTunnelWith(t *tunnel, pol *policy.Policy, now time.Time,
 // "redecided") and reports true when one is blocked, else re-arms the
 // until timer from the new decisions.
 func (t *tunnel) redecide(pol *policy.Policy, now time.Time) bool {
+	return t.decideAgain(pol, now, causeRedecided, false)
+}
+
+// decideAgain decides t's listed hosts with pol at now. When one is
+// blocked it logs that decision, closes t with cause and reports true;
+// otherwise it re-arms the until timer at the earliest new until (none
+// when no decision has one). logAllowed also logs the decisions that
+// still allow.
+func (t *tunnel) decideAgain(pol *policy.Policy, now time.Time, cause int, logAllowed bool) bool {
 	var next time.Time
 	for _, h := range t.hosts {
 		d := pol.Decide(policy.Query{Host: h, Client: t.clientAddr, Time: now})
-		if d.Verdict == policy.Block {
+		if d.Verdict == policy.Block || logAllowed {
 			t.p.logDecision(frontOf(t.mode), t.clientAddr, h, d, now)
-			t.close(causeRedecided)
+		}
+		if d.Verdict == policy.Block {
+			t.close(cause)
 			return true
 		}
 		if d.Listed() && !d.Until.IsZero() && (next.IsZero() || d.Until.Before(next)) {

@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/balise-net/balise/internal/policy"
 )
 
 // tunnelSet tracks open tunnels (to close them on shutdown) and each
@@ -347,28 +345,7 @@ func (t *tunnel) recheck() {
 	if t.closing.Load() {
 		return
 	}
-	pol := t.p.opts.Policy.Load()
-	now := t.p.opts.Clock()
-	var next time.Time
-	for _, h := range t.hosts {
-		d := pol.Decide(policy.Query{Host: h, Client: t.clientAddr, Time: now})
-		t.p.logDecision(frontOf(t.mode), t.clientAddr, h, d, now)
-		if d.Verdict == policy.Block {
-			t.close(causeUntil)
-			return
-		}
-		if d.Listed() && !d.Until.IsZero() && (next.IsZero() || d.Until.Before(next)) {
-			next = d.Until
-		}
-	}
-	if next.IsZero() {
-		return
-	}
-	t.timerMu.Lock()
-	if !t.closing.Load() {
-		t.armUntilLocked(next)
-	}
-	t.timerMu.Unlock()
+	t.decideAgain(t.p.opts.Policy.Load(), t.p.opts.Clock(), causeUntil, true)
 }
 
 func frontOf(mode int) string {
