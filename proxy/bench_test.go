@@ -25,7 +25,7 @@ import (
 
 // benchProxy starts a proxy with testSpec on 127.0.0.1:0 and returns its
 // address; it stops when b ends. ports are the CONNECT ports.
-func benchProxy(b *testing.B, ports ...uint16) string {
+func benchProxy(b *testing.B, resolver string, ports ...uint16) string {
 	b.Helper()
 	pol, err := policy.New(testSpec())
 	if err != nil {
@@ -42,6 +42,7 @@ func benchProxy(b *testing.B, ports ...uint16) string {
 		ConnectPorts:        ports,
 		MaxTunnelsPerClient: -1,
 		AllowDestinations:   loopbackPrefixes, // the origins listen on loopback
+		Resolver:            resolver,
 	})
 	if err != nil {
 		b.Fatalf("New: %v", err)
@@ -70,7 +71,7 @@ func BenchmarkPlainHTTP(b *testing.B) {
 	origin.Config.ErrorLog = log.New(io.Discard, "", 0)
 	defer origin.Close()
 	_, port, _ := net.SplitHostPort(origin.Listener.Addr().String())
-	addr := benchProxy(b)
+	addr := benchProxy(b, "")
 	pu, _ := url.Parse("http://" + addr)
 	tr := &http.Transport{Proxy: http.ProxyURL(pu), MaxIdleConnsPerHost: 256, DisableCompression: true}
 	defer tr.CloseIdleConnections()
@@ -98,7 +99,16 @@ func BenchmarkPlainHTTP(b *testing.B) {
 
 // BenchmarkConnectNew opens, per iteration, a new CONNECT tunnel to a
 // TLS origin, completes a TLS handshake through it and sends one request.
-func BenchmarkConnectNew(b *testing.B) {
+func BenchmarkConnectNew(b *testing.B) { benchConnectNew(b, "localhost", "") }
+
+// BenchmarkConnectNewDNS is BenchmarkConnectNew with a name resolved
+// through a DNS server (Options.Resolver, startDNS's loopback server
+// answering A 127.0.0.1 with a 60 s TTL) instead of the hosts file.
+func BenchmarkConnectNewDNS(b *testing.B) { benchConnectNew(b, "origin.bench.test", startDNS(b)) }
+
+// benchConnectNew runs new CONNECTs to host (resolved through resolver,
+// "" for the system's) at the port of a local TLS origin.
+func benchConnectNew(b *testing.B, host, resolver string) {
 	origin := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok")
 	}))
@@ -109,8 +119,8 @@ func BenchmarkConnectNew(b *testing.B) {
 	pool.AddCert(origin.Certificate())
 	_, portStr, _ := net.SplitHostPort(origin.Listener.Addr().String())
 	port, _ := strconv.ParseUint(portStr, 10, 16)
-	addr := benchProxy(b, uint16(port))
-	target := "localhost:" + portStr
+	addr := benchProxy(b, resolver, uint16(port))
+	target := host + ":" + portStr
 	tlsConf := &tls.Config{RootCAs: pool, ServerName: "example.com"}
 	request := []byte("GET / HTTP/1.1\r\nHost: " + target + "\r\nConnection: close\r\n\r\n")
 	b.ReportAllocs()

@@ -69,7 +69,7 @@ func testSpec() policy.Spec {
 // startDNS runs a stub DNS server answering every A query with
 // 127.0.0.1 (and AAAA with nothing), so that test names reach loopback
 // origins through Options.Resolver.
-func startDNS(t *testing.T) string {
+func startDNS(t testing.TB) string {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {

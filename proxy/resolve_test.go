@@ -2,29 +2,19 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
-	"io"
-	"log"
-	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/balise-net/balise/internal/decisionlog"
-	"github.com/balise-net/balise/internal/policy"
 	"github.com/miekg/dns"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // zoneDNS is a DNS server on loopback answering from a table of records
@@ -457,84 +447,4 @@ func TestResolveConnect(t *testing.T) {
 	if total == 0 || z.queries("127.0.0.1", "A") != 0 {
 		t.Errorf("an IP literal was sent to the resolver")
 	}
-}
-
-// BenchmarkConnectNewDNS is BenchmarkConnectNew with a name resolved
-// through a DNS server (Options.Resolver, a loopback server answering
-// A 127.0.0.1 with a 300 s TTL) instead of the hosts file.
-func BenchmarkConnectNewDNS(b *testing.B) {
-	origin, pool, _ := originTLSBench(b)
-	_, portStr, _ := net.SplitHostPort(origin.Listener.Addr().String())
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(r)
-		if len(r.Question) == 1 && r.Question[0].Qtype == dns.TypeA {
-			rr, _ := dns.NewRR(r.Question[0].Name + " 300 IN A 127.0.0.1")
-			m.Answer = append(m.Answer, rr)
-		}
-		w.WriteMsg(m)
-	})}
-	go srv.ActivateAndServe()
-	defer srv.Shutdown()
-	pol, err := policy.New(testSpec())
-	if err != nil {
-		b.Fatal(err)
-	}
-	ptr := &atomic.Pointer[policy.Policy]{}
-	ptr.Store(pol)
-	logger := slog.New(slog.DiscardHandler)
-	p, err := New(Options{
-		Policy: ptr, Logger: logger, Registerer: prometheus.NewRegistry(),
-		Decisions:    decisionlog.New(logger, time.Minute, 0),
-		ConnectPorts: []uint16{mustPortB(b, portStr)}, MaxTunnelsPerClient: -1,
-		AllowDestinations: loopbackPrefixes, Resolver: pc.LocalAddr().String(),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := p.Start(ctx, ln)
-	defer func() { cancel(); <-done }()
-	target := "origin.bench.test:" + portStr
-	tlsConf := &tls.Config{RootCAs: pool, ServerName: "example.com"}
-	request := []byte("GET / HTTP/1.1\r\nHost: " + target + "\r\nConnection: close\r\n\r\n")
-	b.ReportAllocs()
-	b.SetParallelism(8)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if err := connectOnce(ln.Addr().String(), target, tlsConf, request); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-}
-
-func originTLSBench(b *testing.B) (*httptest.Server, *x509.CertPool, string) {
-	origin := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok")
-	}))
-	origin.Config.ErrorLog = log.New(io.Discard, "", 0)
-	origin.StartTLS()
-	b.Cleanup(origin.Close)
-	pool := x509.NewCertPool()
-	pool.AddCert(origin.Certificate())
-	return origin, pool, origin.URL
-}
-
-func mustPortB(b *testing.B, s string) uint16 {
-	n, err := strconv.ParseUint(s, 10, 16)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return uint16(n)
 }
