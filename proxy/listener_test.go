@@ -146,11 +146,8 @@ func (l *failingListener) Accept() (net.Conn, error) {
 func TestListenerFailureLeavesOthers(t *testing.T) {
 	_, roots, port := originTLS(t)
 	e := startEnv(t, testSpec(), func(o *Options) { o.ConnectPorts = []uint16{mustPort(t, port)} })
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fl := &failingListener{Listener: inner, fail: make(chan struct{})}
+	fl := newFailingListener(t)
+	inner := fl.Listener
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := e.p.Start(ctx, fl)
@@ -181,11 +178,7 @@ func TestListenerFailureLeavesOthers(t *testing.T) {
 func TestTransparentListenerFailure(t *testing.T) {
 	_, roots, port := originTLS(t)
 	e := startEnv(t, testSpec(), func(o *Options) { o.ConnectPorts = []uint16{mustPort(t, port)} })
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fl := &failingListener{Listener: inner, fail: make(chan struct{})}
+	fl := newFailingListener(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := e.p.StartTransparentHTTPS(ctx, fl)
@@ -214,4 +207,15 @@ func wantListenerFailed(t *testing.T, e *env, done <-chan error, mode string) {
 	if got := e.metric("balise_proxy_listener_failures_total", map[string]string{"mode": mode}); got != 1 {
 		t.Errorf("listener_failures_total{%s} = %v, want 1", mode, got)
 	}
+}
+
+// newFailingListener listens on loopback; its Accept fails for good once
+// fail is closed.
+func newFailingListener(t *testing.T) *failingListener {
+	t.Helper()
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &failingListener{Listener: inner, fail: make(chan struct{})}
 }
