@@ -1,8 +1,9 @@
-package deploy
+package kubecheck
 
 import (
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -72,7 +73,7 @@ func decodeStrict[T any](doc []byte, out *T) (*T, error) {
 // into the API type its apiVersion and kind name.
 func loadManifests(t *testing.T) *manifests {
 	t.Helper()
-	files, err := filepath.Glob("kubernetes/*.yaml")
+	files, err := filepath.Glob("../kubernetes/*.yaml")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no manifests: %v", err)
 	}
@@ -494,4 +495,13 @@ func admits(np networkingv1.NetworkPolicy, port int32, proto corev1.Protocol) bo
 		}
 	}
 	return false
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
