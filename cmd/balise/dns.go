@@ -110,9 +110,17 @@ func dnsRestartFields() map[string]string {
 // dnsRestartKeys returns, sorted, the [dns] keys whose value differs
 // between a and b and that apply only at the next restart.
 func dnsRestartKeys(a, b config.DNSSection) []string {
+	return changedKeys(a, b, dnsRestartFields())
+}
+
+// changedKeys returns, sorted, the keys of fields (key → field name of
+// the section struct) whose values differ between sections a and b, of
+// the same struct type. Both front-ends' restart warnings use it, with
+// a test per section proving their field maps cover the struct.
+func changedKeys[S any](a, b S, fields map[string]string) []string {
 	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
 	var keys []string
-	for key, field := range dnsRestartFields() {
+	for key, field := range fields {
 		if !reflect.DeepEqual(va.FieldByName(field).Interface(), vb.FieldByName(field).Interface()) {
 			keys = append(keys, key)
 		}

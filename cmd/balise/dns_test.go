@@ -69,25 +69,41 @@ func TestDNSSelfProbe(t *testing.T) {
 // Every field of [dns] is either applied by a reload or named by the
 // restart warning, and the two sets do not overlap.
 func TestDNSReloadFieldsCoverSection(t *testing.T) {
+	checkFieldsCover(t, reflect.TypeOf(config.DNSSection{}), dnsRestartFields(), dnsReloadFields(), nil)
+}
+
+// Every field of [proxy] is either applied by a reload or named by the
+// restart warning (or derived from a key that is), and the two sets do
+// not overlap.
+func TestProxyReloadFieldsCoverSection(t *testing.T) {
+	checkFieldsCover(t, reflect.TypeOf(config.ProxySection{}), proxyRestartFields(), proxyReloadFields(), proxyDerivedFields())
+}
+
+// checkFieldsCover fails unless every field of the section struct typ is
+// in exactly one of restart and reload (key → field), or in derived.
+func checkFieldsCover(t *testing.T, typ reflect.Type, restart, reload map[string]string, derived []string) {
+	t.Helper()
 	fields := map[string]string{}
-	for key, f := range dnsRestartFields() {
+	for key, f := range restart {
 		fields[f] = key
 	}
-	for key, f := range dnsReloadFields() {
+	for key, f := range reload {
 		if prev, dup := fields[f]; dup {
 			t.Errorf("field %s is both %s (restart) and %s (reload)", f, prev, key)
 		}
 		fields[f] = key
 	}
-	typ := reflect.TypeOf(config.DNSSection{})
+	for _, f := range derived {
+		fields[f] = "derived"
+	}
 	for i := range typ.NumField() {
 		if _, ok := fields[typ.Field(i).Name]; !ok {
-			t.Errorf("config.DNSSection.%s is neither reloadable nor in the restart warning", typ.Field(i).Name)
+			t.Errorf("config.%s.%s is neither reloadable nor in the restart warning", typ.Name(), typ.Field(i).Name)
 		}
 		delete(fields, typ.Field(i).Name)
 	}
 	for f, key := range fields {
-		t.Errorf("%s names field %s, which config.DNSSection lacks", key, f)
+		t.Errorf("%s names field %s, which config.%s lacks", key, f, typ.Name())
 	}
 }
 

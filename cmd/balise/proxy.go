@@ -140,31 +140,58 @@ func startProxy(ctx context.Context, rt *runtime) error {
 	return nil
 }
 
-// proxyRestartKeys names the [proxy] keys that differ between the
-// configuration the proxy started with and nc and that take effect only
-// at the next restart: the listening addresses, the transparent mode, and
-// what the dialer and the HTTP servers were built with.
+// proxyRestartKeys names, sorted, the [proxy] keys that differ between
+// the configuration the proxy started with and nc and that take effect
+// only at the next restart: the listening addresses, the transparent
+// mode, and what the dialer and the HTTP servers were built with.
 func proxyRestartKeys(old, nc *config.Config) []string {
-	a, b := old.Proxy, nc.Proxy
-	var keys []string
-	add := func(changed bool, key string) {
-		if changed {
-			keys = append(keys, "proxy."+key)
-		}
-	}
-	add(!slices.Equal(a.Listen, b.Listen), "listen")
-	add(!slices.Equal(a.TransparentHTTP, b.TransparentHTTP), "transparent_http")
-	add(!slices.Equal(a.TransparentHTTPS, b.TransparentHTTPS), "transparent_https")
-	add(a.TransparentMode != b.TransparentMode, "transparent_mode")
-	add(a.Resolver != b.Resolver, "resolver")
-	add(a.Parent != b.Parent, "parent")
-	add(a.ParentCredentialsFile != b.ParentCredentialsFile, "parent_credentials_file")
-	add(a.DialTimeout != b.DialTimeout, "dial_timeout")
-	add(a.IdleTimeout != b.IdleTimeout, "idle_timeout")
-	add(a.HeaderTimeout != b.HeaderTimeout, "header_timeout")
-	add(a.MaxHeaderBytes != b.MaxHeaderBytes, "max_header_bytes")
-	return keys
+	return changedKeys(old.Proxy, nc.Proxy, proxyRestartFields())
 }
+
+// proxyRestartFields maps each [proxy] key that applies only at start
+// to its field of config.ProxySection.
+func proxyRestartFields() map[string]string {
+	return map[string]string{
+		"proxy.listen":                  "Listen",
+		"proxy.transparent_http":        "TransparentHTTP",
+		"proxy.transparent_https":       "TransparentHTTPS",
+		"proxy.transparent_mode":        "TransparentMode",
+		"proxy.resolver":                "Resolver",
+		"proxy.parent":                  "Parent",
+		"proxy.parent_credentials_file": "ParentCredentialsFile",
+		"proxy.dial_timeout":            "DialTimeout",
+		"proxy.idle_timeout":            "IdleTimeout",
+		"proxy.header_timeout":          "HeaderTimeout",
+		"proxy.max_header_bytes":        "MaxHeaderBytes",
+	}
+}
+
+// proxyReloadFields maps each [proxy] key a reload applies at once
+// (proxy.Reconfigure, or the CA reload for [proxy.tls]) to its field of
+// config.ProxySection. With proxyRestartFields and proxyDerivedFields,
+// it covers every field (a test checks it).
+func proxyReloadFields() map[string]string {
+	return map[string]string{
+		"proxy.allowed_clients":        "AllowedClients",
+		"proxy.connect_ports":          "ConnectPorts",
+		"proxy.ip_literals":            "IPLiterals",
+		"proxy.portal_url":             "PortalURL",
+		"proxy.no_sni":                 "NoSNI",
+		"proxy.opaque_ports":           "OpaquePorts",
+		"proxy.max_tunnel_lifetime":    "MaxTunnelLifetime",
+		"proxy.max_tunnels_per_client": "MaxTunnelsPerClient",
+		"proxy.direct_domains":         "DirectDomains",
+		"proxy.direct_networks":        "DirectNetworks",
+		"proxy.deny_destinations":      "DenyDestinations",
+		"proxy.allow_destinations":     "AllowDestinations",
+		"proxy.tls":                    "TLS",
+	}
+}
+
+// proxyDerivedFields are the config.ProxySection fields computed from
+// another key (ParentURL from parent, TPROXY from transparent_mode,
+// AllowNoSNI from no_sni), which that key's entry covers.
+func proxyDerivedFields() []string { return []string{"ParentURL", "TPROXY", "AllowNoSNI"} }
 
 // proxyOptions copies the configuration onto proxy.Options: config holds
 // every value as proxy.Options wants it (defaults, parsed ports and URLs,

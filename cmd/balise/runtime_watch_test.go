@@ -88,7 +88,7 @@ func TestProxyRestartKeys(t *testing.T) {
 	b.Proxy.Listen = []string{"0.0.0.0:3128"}
 	b.Proxy.TransparentMode = "tproxy"
 	b.Proxy.Resolver = "10.0.0.53:53"
-	if keys := proxyRestartKeys(a, b); !slices.Equal(keys, []string{"proxy.listen", "proxy.transparent_mode", "proxy.resolver"}) {
+	if keys := proxyRestartKeys(a, b); !slices.Equal(keys, []string{"proxy.listen", "proxy.resolver", "proxy.transparent_mode"}) {
 		t.Errorf("proxyRestartKeys = %v", keys)
 	}
 }
