@@ -49,10 +49,13 @@ type DNSSection struct {
 	// StaleMaxAge is how long past expiry an answer may be served stale
 	// (default 24h).
 	StaleMaxAge time.Duration
-	// RateLimit is queries per second per client (default 200; 0 = off);
-	// RateBurst the burst (default the larger of 400 and RateLimit).
+	// RateLimit is queries per second per client (default 200; 0 in the
+	// file sets NoRateLimit and leaves RateLimit at 0); RateBurst the burst
+	// (default the larger of 400 and RateLimit).
 	RateLimit float64
 	RateBurst int
+	// NoRateLimit is rate_limit = 0: clients are not limited.
+	NoRateLimit bool
 	// AllowedClients may query the filter; others get REFUSED (default
 	// 127.0.0.0/8 and ::1/128). Required when Listen reaches beyond
 	// loopback.

@@ -183,6 +183,7 @@ func (p *parser) dnsSection(t *tbl) DNSSection {
 	c.StaleMaxAge = t.duration("stale_max_age", 24*time.Hour)
 	rate := t.integer("rate_limit", 200, 0, math.MaxInt32)
 	c.RateLimit = float64(rate)
+	c.NoRateLimit = rate == 0
 	c.RateBurst = t.integer("rate_burst", max(400, rate), 0, math.MaxInt32)
 	if rate > 0 && c.RateBurst < rate {
 		p.valueErr("dns.rate_burst", "must be at least dns.rate_limit (%d)", rate)

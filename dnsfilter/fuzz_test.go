@@ -20,7 +20,7 @@ func fuzzFilter(t testing.TB) *Filter {
 	}
 	var ptr atomic.Pointer[policy.Policy]
 	ptr.Store(p)
-	f, err := New(Options{Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"127.0.0.1:1"}, CacheSize: 100, Policy: &ptr, BlockResponse: "null"})
+	f, err := New(Options{Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"127.0.0.1:1"}, CacheSize: 100, Policy: &ptr, BlockResponse: "null", NoRateLimit: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -91,10 +91,13 @@ type Options struct {
 	StaleMaxAge time.Duration
 
 	// RateLimit is the number of queries per second each client may send
-	// (token bucket). Zero: no limit. Limited queries get REFUSED.
+	// (token bucket). Zero: 200. Limited queries get REFUSED.
 	RateLimit float64
 	// RateBurst is the bucket's size. Zero: twice RateLimit.
 	RateBurst int
+	// NoRateLimit turns the per-client limit off (rate_limit = 0 in the
+	// configuration). False: clients are limited to RateLimit.
+	NoRateLimit bool
 	// RateLimitExempt are clients never limited, such as DNS servers that
 	// forward their own clients' queries to Balise. Nil: none.
 	RateLimitExempt []netip.Prefix
@@ -263,6 +266,11 @@ func (o Options) WithDefaults() Options {
 	}
 	if o.StaleMaxAge <= 0 {
 		o.StaleMaxAge = 24 * time.Hour
+	}
+	if o.NoRateLimit {
+		o.RateLimit, o.RateBurst = 0, 0
+	} else if o.RateLimit == 0 {
+		o.RateLimit = 200
 	}
 	if o.RateLimit > 0 && o.RateBurst == 0 {
 		o.RateBurst = int(2 * o.RateLimit)

@@ -82,6 +82,7 @@ func dnsOptionKeys() map[string]string {
 		"StaleTTL":        "dns.stale_ttl",
 		"StaleMaxAge":     "dns.stale_max_age",
 		"RateLimit":       "dns.rate_limit",
+		"NoRateLimit":     "dns.rate_limit",
 		"RateBurst":       "dns.rate_burst",
 		"RateLimitExempt": "dns.rate_limit_exempt",
 		"Access":          "dns.allowed_clients, dns.max_tcp_per_client, dns.tcp_idle_timeout, dns.refuse_any",
@@ -90,18 +91,6 @@ func dnsOptionKeys() map[string]string {
 		"Registerer":      "",
 		"DecisionLog":     "",
 		"Clock":           "",
-	}
-}
-
-// dnsKnownDisagreements are the dnsfilter.Options fields whose zero value
-// is not yet config's default, with why. The test fails once they agree,
-// so that the entry is removed.
-func dnsKnownDisagreements() map[string]string {
-	return map[string]string{
-		// Zero is no limit in dnsfilter (the DNS benchmark relies on it),
-		// 200 q/s with a burst of 400 in config.
-		"RateLimit": "dns.rate_limit",
-		"RateBurst": "dns.rate_burst",
 	}
 }
 
@@ -129,7 +118,7 @@ func TestOptionDefaultsMatchConfig(t *testing.T) {
 	compareDefaults(t, po, proxy.Options{}.WithDefaults(), po.WithDefaults(), proxyOptionKeys(), nil, nil)
 	do := dnsOptions(empty.DNS, rt)
 	compareDefaults(t, do, dnsfilter.Options{}.WithDefaults(), do.WithDefaults(), dnsOptionKeys(),
-		dnsKnownDisagreements(), dnsRuntimeDefaults())
+		nil, dnsRuntimeDefaults())
 }
 
 // compareDefaults compares, field by field, got (copied from config) with
@@ -201,8 +190,8 @@ func TestOptionOffValues(t *testing.T) {
 	if do.CacheSize >= 0 {
 		t.Errorf("cache_size = 0: CacheSize = %d after defaults, want negative (no cache)", do.CacheSize)
 	}
-	if do.RateLimit != 0 {
-		t.Errorf("rate_limit = 0: RateLimit = %v after defaults, want 0 (no limit)", do.RateLimit)
+	if dd := do.WithDefaults(); dd.RateLimit != 0 || !do.NoRateLimit {
+		t.Errorf("rate_limit = 0: RateLimit = %v after defaults, NoRateLimit %v, want 0 and true (no limit)", dd.RateLimit, do.NoRateLimit)
 	}
 	if !do.DisableStale || !do.KeepECH || !do.Access.ForwardAny {
 		t.Errorf("serve_stale, strip_ech, refuse_any = false: DisableStale %v, KeepECH %v, ForwardAny %v, want true", do.DisableStale, do.KeepECH, do.Access.ForwardAny)

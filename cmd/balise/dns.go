@@ -107,6 +107,10 @@ func dnsRestartFields() map[string]string {
 	}
 }
 
+// dnsDerivedFields are the config.DNSSection fields computed from another
+// key (NoRateLimit from rate_limit), which that key's entry covers.
+func dnsDerivedFields() []string { return []string{"NoRateLimit"} }
+
 // dnsRestartKeys returns, sorted, the [dns] keys whose value differs
 // between a and b and that apply only at the next restart.
 func dnsRestartKeys(a, b config.DNSSection) []string {
@@ -166,6 +170,7 @@ func dnsOptions(c config.DNSSection, rt *runtime) dnsfilter.Options {
 		StaleTTL:        c.StaleTTL,
 		StaleMaxAge:     c.StaleMaxAge,
 		RateLimit:       c.RateLimit,
+		NoRateLimit:     c.NoRateLimit,
 		RateBurst:       c.RateBurst,
 		RateLimitExempt: c.RateLimitExempt,
 		Access:          dnsAccess(c),

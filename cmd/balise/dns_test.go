@@ -69,7 +69,7 @@ func TestDNSSelfProbe(t *testing.T) {
 // Every field of [dns] is either applied by a reload or named by the
 // restart warning, and the two sets do not overlap.
 func TestDNSReloadFieldsCoverSection(t *testing.T) {
-	checkFieldsCover(t, reflect.TypeOf(config.DNSSection{}), dnsRestartFields(), dnsReloadFields(), nil)
+	checkFieldsCover(t, reflect.TypeOf(config.DNSSection{}), dnsRestartFields(), dnsReloadFields(), dnsDerivedFields())
 }
 
 // Every field of [proxy] is either applied by a reload or named by the

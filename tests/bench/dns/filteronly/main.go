@@ -47,7 +47,7 @@ func main() {
 	ptr.Store(p)
 	f, err := dnsfilter.New(dnsfilter.Options{
 		Listen: []string{*listen}, UDPSockets: *sockets, UDPNoBatch: *nobatch,
-		Upstreams: []string{*upstream}, CacheSize: 100000, Policy: &ptr,
+		Upstreams: []string{*upstream}, CacheSize: 100000, Policy: &ptr, NoRateLimit: true,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 	})
 	if err != nil {
