@@ -231,3 +231,15 @@ func (c *identityCLI) candidates(ctx context.Context, cfg *config.Config, reg *e
 	}
 	return uniq, nil
 }
+
+// loadPseudonyms returns the pseudonyms of cfg's [identity], creating the
+// key file (0600, 32 random bytes) when it is missing. serve calls it at
+// start when it wires authentication: without the key, decision lines
+// cannot carry pseudonyms and serve must not start.
+func loadPseudonyms(cfg *config.Config) (*identity.Pseudonyms, error) {
+	key, err := identity.LoadOrCreateKey(cfg.Identity.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("identity.key_file: %w", err)
+	}
+	return identity.NewPseudonyms(key, cfg.Identity.Log)
+}
