@@ -2,6 +2,7 @@ package identity
 
 import (
 	"encoding/binary"
+	"log/slog"
 	"math/bits"
 	"net/netip"
 	"strings"
@@ -24,6 +25,10 @@ type Binding struct {
 	// At is when the user authenticated.
 	At time.Time
 }
+
+// LogValue keeps bindings out of logs: a Binding given to slog prints as
+// "[binding]", never its address or user.
+func (Binding) LogValue() slog.Value { return slog.StringValue("[binding]") }
 
 // Options configures Bindings. The zero value holds the defaults.
 type Options struct {

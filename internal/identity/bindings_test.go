@@ -2,7 +2,9 @@ package identity
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -188,4 +190,12 @@ func BenchmarkBindingsUser(b *testing.B) {
 			i++
 		}
 	})
+}
+
+func TestBindingNeverLogged(t *testing.T) {
+	var buf strings.Builder
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("x", "b", Binding{Addr: netip.MustParseAddr("10.1.2.3"), User: "alice", At: t0})
+	if strings.Contains(buf.String(), "alice") || strings.Contains(buf.String(), "10.1.2.3") {
+		t.Errorf("a binding shows in a log line: %s", buf.String())
+	}
 }
