@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/balise-net/balise/config"
@@ -140,13 +141,7 @@ func (c *identityCLI) reveal(args []string) int {
 	if err != nil {
 		return c.fail("%v", err)
 	}
-	found := ps.Match(pseudonym, func(yield func(string) bool) {
-		for _, n := range candidates {
-			if !yield(n) {
-				return
-			}
-		}
-	})
+	found := ps.Match(pseudonym, slices.Values(candidates))
 	rec.Found = len(found)
 	// The reveal is recorded before the name is shown: a reveal that
 	// cannot be recorded shows nothing.

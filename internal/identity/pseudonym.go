@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"iter"
 	"strings"
 	"sync"
 )
@@ -114,19 +115,18 @@ func CheckPseudonym(s string) error {
 
 // Match returns, in canonical form and without repeats, the candidate
 // names whose pseudonym is pseudonym: normally none or one.
-func (p *Pseudonyms) Match(pseudonym string, candidates func(yield func(string) bool)) []string {
+func (p *Pseudonyms) Match(pseudonym string, candidates iter.Seq[string]) []string {
 	var out []string
 	seen := map[string]bool{}
-	candidates(func(name string) bool {
+	for name := range candidates {
 		c := Canonical(name)
 		if c == "" || seen[c] {
-			return true
+			continue
 		}
 		seen[c] = true
 		if hmac.Equal([]byte(p.Pseudonym(c)), []byte(pseudonym)) {
 			out = append(out, c)
 		}
-		return true
-	})
+	}
 	return out
 }
