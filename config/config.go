@@ -53,6 +53,8 @@ type Config struct {
 	DNS        DNSSection
 	Metrics    MetricsSection
 	Exceptions *ExceptionsSection // nil when the file has no [exceptions] table
+	Directory  *DirectorySection  // nil when the file has no [directory] table
+	Identity   IdentitySection
 
 	Groups    []Group
 	Schedules []Schedule

@@ -126,6 +126,9 @@ func (p *parser) parse() *Config {
 		c.Exceptions = p.exceptionsSection(t)
 	}
 	c.ListCache = p.listsSection(root.sub("lists"), c.Exceptions)
+	c.Directory = p.directorySection(root.sub("directory"))
+	c.Identity = p.identitySection(root.sub("identity"), c.Exceptions)
+	p.checkIdentity(c)
 
 	c.Groups = p.groups(root.tables("group"))
 	c.Schedules = p.schedules(root.tables("schedule"))

@@ -81,6 +81,8 @@ type ProxySection struct {
 	AllowDestinations []netip.Prefix
 	// TLS is [proxy.tls].
 	TLS ProxyTLS
+	// Auth is [proxy.auth] (see config/identity.go).
+	Auth ProxyAuth
 }
 
 // ProxyTLS is [proxy.tls]: the institution's CA, used only to show the

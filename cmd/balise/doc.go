@@ -9,6 +9,7 @@
 //	balise check   --config FILE
 //	balise explain --config FILE --client IP --host HOST [--user NAME] [--groups a,b] [--at RFC3339] [--json]
 //	balise exceptions --config FILE COMMAND ...
+//	balise identity reveal --config FILE --by NAME --reason TEXT PSEUDONYM
 //	balise ca init --out DIR
 //	balise version
 //

@@ -25,6 +25,7 @@ const usageText = `usage:
   balise check   --config FILE
   balise explain --config FILE --client IP --host HOST [--user NAME] [--groups a,b] [--at RFC3339] [--json]
   balise exceptions --config FILE COMMAND ...
+  balise identity reveal --config FILE --by NAME --reason TEXT PSEUDONYM
   balise ca init --out DIR
   balise version
 `
@@ -46,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runExplain(rest, stdout, stderr)
 	case "exceptions":
 		return runExceptions(rest, stdout, stderr)
+	case "identity":
+		return runIdentity(rest, stdout, stderr)
 	case "ca":
 		return runCA(rest, stdout, stderr)
 	case "version":

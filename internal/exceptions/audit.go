@@ -24,6 +24,7 @@ const (
 	EventExpired  = "expired"
 	EventPurged   = "purged"
 	EventExported = "exported"
+	// EventIdentityReveal is in reveal.go.
 )
 
 var zeroHash = hex.EncodeToString(make([]byte, sha256.Size))
@@ -45,7 +46,8 @@ type Event struct {
 	Duration string `json:"duration,omitempty"`
 	// Digest is the SHA-256 of the request's content (request_received).
 	Digest string `json:"digest,omitempty"`
-	// Subject, NotBefore and NotAfter describe a grant (approved, expired).
+	// Subject, NotBefore and NotAfter describe a grant (approved, expired);
+	// Subject alone is the pseudonym of an identity_reveal.
 	Subject   string `json:"subject,omitempty"`
 	NotBefore string `json:"not_before,omitempty"`
 	NotAfter  string `json:"not_after,omitempty"`
@@ -57,7 +59,7 @@ type Event struct {
 	Before string `json:"before,omitempty"`
 	Since  string `json:"since,omitempty"`
 	Format string `json:"format,omitempty"`
-	Count  *int   `json:"count,omitempty"` // set on purged and exported
+	Count  *int   `json:"count,omitempty"` // set on purged, exported and identity_reveal
 
 	IDs  []string `json:"ids,omitempty"`
 	Hash string   `json:"hash,omitempty"`

@@ -88,7 +88,8 @@ type Query struct {
 	// User is the authenticated user name, when a directory source knows it.
 	// Empty: rules and grants that need a user do not match.
 	User string
-	// Groups are the user's directory groups. Nil: only network groups apply.
+	// Groups are the user's directory groups, as names or DNs. Nil: only
+	// network groups apply.
 	Groups []string
 	// Time is the instant of the question. The engine never reads a clock.
 	Time time.Time
@@ -157,11 +158,14 @@ type Group struct {
 	// Networks are CIDR prefixes (v4 and v6); a client inside any of them
 	// belongs to the group.
 	Networks []netip.Prefix
-	// DirectoryGroups are directory group names; a query whose Groups
-	// contain one of them belongs to the group (ASCII case-insensitive).
+	// DirectoryGroups are directory group names or DNs; a query whose
+	// Groups contain one of them belongs to the group. Case-insensitive;
+	// a name also matches a DN whose first RDN has that value
+	// ("communications" matches "CN=Communications,OU=Groups,DC=…"), a DN
+	// matches only that DN (spaces around separators do not count).
 	DirectoryGroups []string
-	// Users are user names that belong to the group (ASCII
-	// case-insensitive).
+	// Users are user names or DNs that belong to the group, matched
+	// against Query.User as DirectoryGroups are against Query.Groups.
 	Users []string
 }
 

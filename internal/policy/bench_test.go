@@ -129,3 +129,25 @@ func BenchmarkWithGrants(b *testing.B) {
 		_ = p.WithGrants(gs)
 	}
 }
+
+// BenchmarkIdentityMatters measures the proxy's question before a 407 on
+// the big policy: listed hosts (whose service a group with directory
+// groups reaches) and unlisted hosts.
+func BenchmarkIdentityMatters(b *testing.B) {
+	p, list := big(b)
+	r := rand.New(rand.NewPCG(11, 12))
+	hosts := make([]string, 1024)
+	for i := range hosts {
+		if i%2 == 0 {
+			hosts[i] = strings.Clone("www." + list[r.IntN(len(list))])
+		} else {
+			hosts[i] = strings.Clone(synth.UnlistedHosts(1, uint64(i))[0])
+		}
+	}
+	now := time.Date(2026, 11, 17, 14, 0, 0, 0, time.UTC)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		_ = p.IdentityMatters(hosts[i&(len(hosts)-1)], now)
+	}
+}

@@ -68,6 +68,7 @@ type network4 struct {
 // nameBit is a directory group or user name of a group.
 type nameBit struct {
 	name string
+	dn   bool // name is a distinguished name (see nameMatches)
 	bit  uint64
 }
 
@@ -97,6 +98,9 @@ type compiled struct {
 	// svcRules lists, per service index, the rules whose services or
 	// categories include it, in order.
 	svcRules [][]int32
+	// svcIdentity tells, per service index, whether a reachable rule
+	// names a group with users or directory groups (IdentityMatters).
+	svcIdentity []bool
 }
 
 // New compiles spec. It reports the first inconsistency it finds (an
@@ -132,6 +136,7 @@ func New(spec Spec) (*Policy, error) {
 	if err := c.compileRules(&spec); err != nil {
 		return nil, err
 	}
+	c.compileIdentity(spec.Groups)
 	return &Policy{c: c, g: &grantIndex{}}, nil
 }
 
@@ -337,10 +342,10 @@ func (c *compiled) compileGroups(groups []Group) error {
 			c.networks = append(c.networks, network{prefix: p, bit: bit})
 		}
 		for _, d := range g.DirectoryGroups {
-			c.dirGroups = append(c.dirGroups, nameBit{d, bit})
+			c.dirGroups = append(c.dirGroups, nameBit{d, isDN(d), bit})
 		}
 		for _, u := range g.Users {
-			c.users = append(c.users, nameBit{u, bit})
+			c.users = append(c.users, nameBit{u, isDN(u), bit})
 		}
 	}
 	return nil

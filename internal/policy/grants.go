@@ -21,6 +21,11 @@ type grantIndex struct {
 	gs    []cgrant
 	bySvc [][]int32
 	any   []int32
+	// userEnd is, per service index, the latest end of a grant to a
+	// user for it; userAnyEnd that of user grants for "*" (nanoseconds
+	// since the epoch; see IdentityMatters).
+	userEnd    []int64
+	userAnyEnd int64
 }
 
 // indexGrants compiles a snapshot. Grants with no known service, no
@@ -48,6 +53,9 @@ func (c *compiled) indexGrants(src []Grant) *grantIndex {
 		if slices.Contains(g.Services, "*") {
 			gi.any = append(gi.any, idx)
 			added = true
+			if cg.user != "" {
+				gi.userAnyEnd = max(gi.userAnyEnd, cg.na)
+			}
 		} else {
 			for _, s := range g.Services {
 				si, ok := c.byID[s]
@@ -56,6 +64,12 @@ func (c *compiled) indexGrants(src []Grant) *grantIndex {
 				}
 				gi.bySvc[si] = append(gi.bySvc[si], idx)
 				added = true
+				if cg.user != "" {
+					if gi.userEnd == nil {
+						gi.userEnd = make([]int64, len(c.services))
+					}
+					gi.userEnd[si] = max(gi.userEnd[si], cg.na)
+				}
 			}
 		}
 		if added {

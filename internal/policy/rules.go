@@ -2,7 +2,6 @@ package policy
 
 import (
 	"net/netip"
-	"strings"
 )
 
 // rule is a compiled Rule.
@@ -24,7 +23,8 @@ func (r *rule) hasService(svc int) bool {
 }
 
 // clientMask returns the bits of the groups client (unmapped, no zone),
-// user and directory groups belong to. Names compare case-insensitively.
+// user and directory groups belong to. Names compare case-insensitively,
+// as names or DNs (see nameMatches).
 func (c *compiled) clientMask(client netip.Addr, user string, dirGroups []string) uint64 {
 	var m uint64
 	if client.Is4() {
@@ -45,14 +45,14 @@ func (c *compiled) clientMask(client netip.Addr, user string, dirGroups []string
 	}
 	for _, g := range dirGroups {
 		for _, d := range c.dirGroups {
-			if m&d.bit == 0 && strings.EqualFold(g, d.name) {
+			if m&d.bit == 0 && nameMatches(d.name, d.dn, g) {
 				m |= d.bit
 			}
 		}
 	}
 	if user != "" {
 		for _, u := range c.users {
-			if m&u.bit == 0 && strings.EqualFold(user, u.name) {
+			if m&u.bit == 0 && nameMatches(u.name, u.dn, user) {
 				m |= u.bit
 			}
 		}
