@@ -163,6 +163,7 @@ func proxyRestartFields() map[string]string {
 		"proxy.idle_timeout":            "IdleTimeout",
 		"proxy.header_timeout":          "HeaderTimeout",
 		"proxy.max_header_bytes":        "MaxHeaderBytes",
+		"proxy.auth":                    "Auth",
 	}
 }
 
