@@ -133,7 +133,7 @@ func (f *Filter) serve(s *scratch, pkt []byte, client netip.Addr, p proto, start
 			f.m.count(p, verdictError, reasonNoPolicy)
 			return errorResponse(out, pkt, q, dns.RcodeServerFailure), false
 		}
-		d = decide(pl, q.host, client, now, false)
+		d = f.decide(pl, q.host, client, now, false)
 		if d.Verdict == policy.Block {
 			return f.block(s, pkt, client, p, now, d), false
 		}
@@ -209,10 +209,22 @@ func (f *Filter) serve(s *scratch, pkt []byte, client netip.Addr, p proto, start
 // (underscore labels of SRV and TXT names, escaped bytes): when the engine
 // finds host invalid, its parent is decided instead, so that
 // _dmarc.blocked.example is blocked like blocked.example.
-func decide(pl *policy.Policy, host string, client netip.Addr, now time.Time, cname bool) policy.Decision {
+//
+// A listed name whose verdict could change with who asks is decided
+// again for the user bound to the client's address, when exactly one
+// is (Options.Identity); every other name costs nothing more.
+func (f *Filter) decide(pl *policy.Policy, host string, client netip.Addr, now time.Time, cname bool) policy.Decision {
 	for {
-		d := pl.Decide(policy.Query{Host: host, Client: client, Time: now, CNAMETarget: cname})
+		q := policy.Query{Host: host, Client: client, Time: now, CNAMETarget: cname}
+		d := pl.Decide(q)
 		if !d.Invalid {
+			if d.Listed() && f.s.Identity != nil && pl.IdentityMatters(host, now) {
+				if user, groups, ok := f.s.Identity(client, now); ok {
+					q.User, q.Groups = user, groups
+					d = pl.Decide(q)
+					f.m.identityDecisions.Inc()
+				}
+			}
 			return d
 		}
 		i := strings.IndexByte(host, '.')
@@ -300,7 +312,7 @@ func (f *Filter) fromEntry(s *scratch, pkt []byte, client netip.Addr, p proto, n
 	if route == nil {
 		reason = int(d.Reason)
 		for _, t := range e.targets {
-			dt := decide(pl, t, client, now, true)
+			dt := f.decide(pl, t, client, now, true)
 			if dt.Verdict == policy.Block {
 				return f.block(s, pkt, client, p, now, dt)
 			}

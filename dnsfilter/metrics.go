@@ -71,10 +71,13 @@ type metrics struct {
 	cacheHits   prometheus.Counter
 	cacheMisses prometheus.Counter
 	stale       prometheus.Counter
-	malformed   [numMalformed]prometheus.Counter
-	rateLimited prometheus.Counter
-	refusals    [numRefusals]prometheus.Counter
-	upstreamUp  *prometheus.GaugeVec
+	// identityDecisions counts listed names decided for the user bound
+	// to the client's address.
+	identityDecisions prometheus.Counter
+	malformed         [numMalformed]prometheus.Counter
+	rateLimited       prometheus.Counter
+	refusals          [numRefusals]prometheus.Counter
+	upstreamUp        *prometheus.GaugeVec
 
 	upstreamDuration *prometheus.HistogramVec
 	upstreamErrors   *prometheus.CounterVec
@@ -121,6 +124,7 @@ func newMetrics(cacheLen, tcpConns func() int) *metrics {
 	m.cacheMisses = prometheus.NewCounter(prometheus.CounterOpts{Name: "balise_dns_cache_misses_total", Help: "DNS queries that needed an upstream (no fresh cache entry)."})
 	entries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "balise_dns_cache_entries", Help: "Answers held in the DNS cache."}, func() float64 { return float64(cacheLen()) })
 	m.stale = prometheus.NewCounter(prometheus.CounterOpts{Name: "balise_dns_stale_answers_total", Help: "Expired answers served because every upstream failed (RFC 8767)."})
+	m.identityDecisions = prometheus.NewCounter(prometheus.CounterOpts{Name: "balise_dns_identity_decisions_total", Help: "Listed names decided for the one user bound to the client's address (no user in any label)."})
 	malformed := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "balise_dns_malformed_total", Help: "Malformed DNS messages received, by kind."}, []string{"kind"})
 	for i, k := range malformedNames {
 		m.malformed[i] = malformed.WithLabelValues(k)
@@ -141,7 +145,7 @@ func newMetrics(cacheLen, tcpConns func() int) *metrics {
 		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5},
 	}, []string{"upstream"})
 	m.upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "balise_dns_upstream_errors_total", Help: "Failed exchanges with an upstream resolver, by kind."}, []string{"upstream", "kind"})
-	m.collectors = []prometheus.Collector{queries, duration, m.cacheHits, m.cacheMisses, entries, m.stale, malformed, m.rateLimited, refusals, tcp, m.upstreamUp, m.upstreamDuration, m.upstreamErrors}
+	m.collectors = []prometheus.Collector{queries, duration, m.cacheHits, m.cacheMisses, entries, m.stale, m.identityDecisions, malformed, m.rateLimited, refusals, tcp, m.upstreamUp, m.upstreamDuration, m.upstreamErrors}
 	return m
 }
 

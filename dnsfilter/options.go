@@ -124,6 +124,13 @@ type Options struct {
 	// Clock is the time given to the policy and used for TTLs. Nil:
 	// time.Now.
 	Clock func() time.Time
+	// Identity returns the user bound to a client address (the one user
+	// last authenticated from it on the proxy, while the address is not
+	// shared) and that user's directory groups as last known, without
+	// waiting on the directory. It is asked only for listed names whose
+	// verdict could change with who asks. DNS decision lines never carry
+	// the user. Nil: every query is decided by network groups.
+	Identity func(client netip.Addr, now time.Time) (user string, groups []string, ok bool)
 }
 
 // Forward is one conditional-forwarding zone.
