@@ -71,6 +71,7 @@ var knownMetrics = map[string]bool{
 	"balise_dns_cache_misses_total":                true,
 	"balise_dns_cache_entries":                     true,
 	"balise_dns_stale_answers_total":               true,
+	"balise_dns_identity_decisions_total":          true,
 	"balise_dns_malformed_total":                   true,
 	"balise_dns_rate_limited_total":                true,
 	"balise_dns_refusals_total":                    true,

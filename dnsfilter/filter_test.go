@@ -688,7 +688,8 @@ func TestReadyAndMetrics(t *testing.T) {
 		"balise_dns_upstream_request_duration_seconds": false, "balise_dns_upstream_errors_total": false,
 		"balise_dns_upstream_up": false, "balise_dns_cache_hits_total": false, "balise_dns_cache_misses_total": false,
 		"balise_dns_cache_entries": false, "balise_dns_stale_answers_total": false, "balise_dns_malformed_total": false,
-		"balise_dns_rate_limited_total": false, "balise_dns_refusals_total": false, "balise_dns_tcp_connections": false,
+		"balise_dns_identity_decisions_total": false,
+		"balise_dns_rate_limited_total":       false, "balise_dns_refusals_total": false, "balise_dns_tcp_connections": false,
 	}
 	for _, mf := range mfs {
 		if _, ok := want[mf.GetName()]; !ok {
