@@ -219,6 +219,23 @@ func (w *Web) fail(rw http.ResponseWriter, status int, titleFR, titleEN, fr, en 
 	w.write(rw, answer{Status: status, TitleFR: titleFR, TitleEN: titleEN, FR: []string{fr}, EN: []string{en}})
 }
 
+// userKey is the context key of the authenticated user (WithUser).
+type userKey struct{}
+
+// WithUser returns ctx carrying the user the proxy authenticated on the
+// connection a request came over; Web records it with the request, so
+// that the officer may grant the person rather than the workstation.
+// The form never lets the employee type it.
+func WithUser(ctx context.Context, user string) context.Context {
+	return context.WithValue(ctx, userKey{}, user)
+}
+
+// UserFrom returns the user WithUser put in ctx ("" when none).
+func UserFrom(ctx context.Context) string {
+	u, _ := ctx.Value(userKey{}).(string)
+	return u
+}
+
 // formFields are the fields the form sends; anything else is refused.
 var formFields = map[string]bool{"service": true, "host": true, "token": true, "lang": true,
 	"name": true, "contact": true, "justification": true, "duration": true}
@@ -296,7 +313,7 @@ func (w *Web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), w.opt.Timeout)
 	defer cancel()
 	rc, err := w.opt.Register.Submit(ctx, Submission{
-		Client: addr, Name: vals.Get("name"), Contact: vals.Get("contact"),
+		Client: addr, User: UserFrom(r.Context()), Name: vals.Get("name"), Contact: vals.Get("contact"),
 		Service: vals.Get("service"), Host: vals.Get("host"),
 		Justification: vals.Get("justification"), Duration: dur, Lang: lang,
 	})

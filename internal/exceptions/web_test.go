@@ -99,6 +99,9 @@ func newWebEnv(t testing.TB, mod func(*Options)) *webEnv {
 		if c := r.Header.Get("X-Test-Client"); c != "" {
 			r.RemoteAddr = c
 		}
+		if u := r.Header.Get("X-Test-User"); u != "" {
+			r = r.WithContext(WithUser(r.Context(), u))
+		}
 		w.ServeHTTP(rw, r)
 	}))
 	t.Cleanup(srv.Close)
@@ -184,6 +187,34 @@ func TestWebSubmit(t *testing.T) {
 	code, body = w.post(t, "10.0.0.1:51516", v.Encode())
 	if code != 200 || !strings.Contains(body, "EX-0001") || !strings.Contains(body, "déjà été reçue") {
 		t.Fatalf("resubmission = %d\n%s\nwant the same number", code, body)
+	}
+}
+
+// TestWebRecordsAuthenticatedUser checks that a request sent over a
+// connection the proxy authenticated records that user, and that the form
+// cannot name one.
+func TestWebRecordsAuthenticatedUser(t *testing.T) {
+	w := newWebEnv(t, nil)
+	v := w.formValues(t, "10.0.0.1")
+	req, _ := http.NewRequest("POST", w.server.URL+RequestPath, strings.NewReader(v.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("X-Test-Client", "10.0.0.1:4000")
+	req.Header.Set("X-Test-User", "alice")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("POST = %d", resp.StatusCode)
+	}
+	if q, err := w.reg.Get(context.Background(), "EX-0001"); err != nil || q.User != "alice" {
+		t.Fatalf("stored request user = %q, %v; want alice", q.User, err)
+	}
+	v2 := w.formValues(t, "10.0.0.2")
+	v2.Set("user", "mallory")
+	if code, _ := w.post(t, "10.0.0.2:4000", v2.Encode()); code != http.StatusBadRequest {
+		t.Errorf("form with a user field = %d, want 400", code)
 	}
 }
 
