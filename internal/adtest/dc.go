@@ -240,6 +240,7 @@ func (dc *DC) stopLocked() {
 		return
 	}
 	pgid := dc.cmd.Process.Pid
+	syscall.Kill(-pgid, syscall.SIGCONT)
 	syscall.Kill(-pgid, syscall.SIGTERM)
 	select {
 	case <-dc.exited:
@@ -250,6 +251,26 @@ func (dc *DC) stopLocked() {
 	// Children samba left in its group.
 	syscall.Kill(-pgid, syscall.SIGKILL)
 	dc.cmd = nil
+}
+
+// Pause freezes samba (SIGSTOP): connections are still accepted by the
+// kernel but never answered, as with a DC that hangs or a network that
+// drops packets. Resume undoes it.
+func (dc *DC) Pause() {
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	if dc.cmd != nil {
+		syscall.Kill(-dc.cmd.Process.Pid, syscall.SIGSTOP)
+	}
+}
+
+// Resume lets a paused samba run again.
+func (dc *DC) Resume() {
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	if dc.cmd != nil {
+		syscall.Kill(-dc.cmd.Process.Pid, syscall.SIGCONT)
+	}
 }
 
 // Close stops the DC, removes its directory and frees its address.
