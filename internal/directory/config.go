@@ -79,7 +79,7 @@ type Config struct {
 // settings is a Config checked and defaulted.
 type settings struct {
 	Config
-	addr string // URL without the scheme's default port left implicit
+	addr  string // URL without the scheme's default port left implicit
 	ldaps bool
 	tls   *tls.Config
 }
