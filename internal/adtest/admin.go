@@ -134,6 +134,26 @@ func (dc *DC) AddUser(name, password string) (string, error) {
 	return dn, nil
 }
 
+// SetPassword changes an account's password, as an administrator's reset
+// does; its key version number goes up by one.
+func (dc *DC) SetPassword(name, password string) error {
+	c, err := dc.admin()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	dn, err := dc.resolve(c, name)
+	if err != nil {
+		return err
+	}
+	m := ldap.NewModifyRequest(dn, nil)
+	m.Replace("unicodePwd", []string{unicodePwd(password)})
+	if err := c.Modify(m); err != nil {
+		return fmt.Errorf("adtest: set password of %s: %w", name, err)
+	}
+	return nil
+}
+
 // AddGroup creates a global security group name in CN=Users and returns
 // its DN.
 func (dc *DC) AddGroup(name string) (string, error) {
