@@ -439,7 +439,10 @@ func BenchmarkVerify(b *testing.B) {
 			cl := k.client(b)
 			headers := make([]string, b.N)
 			for i := range headers {
-				headers[i], _ = craft(b, cl, k.spn, func(a *types.Authenticator) { a.Cusec = i % 1000000; a.CTime = time.Now().Add(time.Duration(i/1000000) * time.Second) }, nil)
+				headers[i], _ = craft(b, cl, k.spn, func(a *types.Authenticator) {
+					a.Cusec = i % 1000000
+					a.CTime = time.Now().Add(time.Duration(i/1000000) * time.Second)
+				}, nil)
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
