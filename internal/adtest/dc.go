@@ -285,7 +285,8 @@ func (dc *DC) release() {
 		os.RemoveAll(dc.dir)
 	}
 	if dc.lock != nil {
-		os.Remove(dc.lock.Name())
+		// The file stays: removing it would let two processes lock two
+		// files of the same name.
 		dc.lock.Close()
 		dc.lock = nil
 	}

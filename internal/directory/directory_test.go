@@ -347,7 +347,7 @@ func TestDirectoryDown(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Groups(carol) with the DC down = %v, want ErrUnavailable", err)
 	}
-	if el := time.Since(start); el > cfg.Timeout+300*time.Millisecond {
+	if el := time.Since(start); el > cfg.Timeout+500*time.Millisecond {
 		t.Errorf("Groups(carol) took %v, timeout %v", el, cfg.Timeout)
 	}
 	if c, ok := d.Cached("alice"); !ok || !slices.Equal(c, before) {
@@ -389,7 +389,7 @@ func TestDirectoryHangs(t *testing.T) {
 	for _, user := range []string{"dave", "alice"} {
 		start := time.Now()
 		g, err := d.Groups(ctx, user)
-		if el := time.Since(start); el > cfg.Timeout+200*time.Millisecond {
+		if el := time.Since(start); el > cfg.Timeout+500*time.Millisecond {
 			t.Errorf("Groups(%s) took %v with the DC frozen, timeout %v", user, el, cfg.Timeout)
 		}
 		switch user {
@@ -407,7 +407,7 @@ func TestDirectoryHangs(t *testing.T) {
 	cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	if _, err := d.Groups(cctx, "erin"); !errors.Is(err, ErrUnavailable) || time.Since(start) > 300*time.Millisecond {
+	if _, err := d.Groups(cctx, "erin"); !errors.Is(err, ErrUnavailable) || time.Since(start) > 500*time.Millisecond {
 		t.Errorf("Groups(erin) with a 100ms context = %v after %v", err, time.Since(start))
 	}
 }

@@ -131,3 +131,4 @@ func TestCurlProxyNegotiate(t *testing.T) {
 		t.Errorf("curl without credentials: %s, want 407", out)
 	}
 }
+
