@@ -131,4 +131,3 @@ func TestCurlProxyNegotiate(t *testing.T) {
 		t.Errorf("curl without credentials: %s, want 407", out)
 	}
 }
-
