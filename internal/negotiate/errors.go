@@ -57,10 +57,11 @@ func Reasons() []Reason {
 
 // Error is a refused authentication.
 type Error struct {
-	Reason Reason
+	Reason Reason // the category, for metrics and logs
 	Err    error // detail; may be nil
 }
 
+// Error returns "negotiate: REASON[: detail]".
 func (e *Error) Error() string {
 	if e.Err == nil {
 		return "negotiate: " + e.Reason.String()
@@ -68,6 +69,7 @@ func (e *Error) Error() string {
 	return "negotiate: " + e.Reason.String() + ": " + e.Err.Error()
 }
 
+// Unwrap returns the detail.
 func (e *Error) Unwrap() error { return e.Err }
 
 func fail(r Reason, format string, args ...any) *Error {
