@@ -58,7 +58,7 @@ func Reasons() []Reason {
 // Error is a refused authentication.
 type Error struct {
 	Reason Reason // the category, for metrics and logs
-	Err    error // detail; may be nil
+	Err    error  // detail; may be nil
 }
 
 // Error returns "negotiate: REASON[: detail]".
