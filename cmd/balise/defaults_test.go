@@ -91,6 +91,7 @@ func dnsOptionKeys() map[string]string {
 		"Registerer":      "",
 		"DecisionLog":     "",
 		"Clock":           "",
+		"Identity":        "",
 	}
 }
 

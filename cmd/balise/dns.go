@@ -31,7 +31,11 @@ func startDNS(ctx context.Context, rt *runtime) error {
 		rt.onReload(func(nc *config.Config) { warnDNSRestart(rt, c, nc.DNS) })
 		return nil
 	}
-	f, err := dnsfilter.New(dnsOptions(c, rt))
+	opts := dnsOptions(c, rt)
+	if rt.identity != nil {
+		opts.Identity = rt.identity.Bound
+	}
+	f, err := dnsfilter.New(opts)
 	if err != nil {
 		return err
 	}

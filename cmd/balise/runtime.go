@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/balise-net/balise/internal/identity"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -44,6 +45,10 @@ type runtime struct {
 	decisions *decisionlog.Logger
 	// now is the clock every front-end uses (time.Now outside tests).
 	now func() time.Time
+
+	// identity answers who is asking (set by startIdentity when
+	// [proxy.auth] mode is "negotiate"; nil: decisions by address only).
+	identity *identity.Service
 
 	// exceptions holds the exception register's web front-end, set by
 	// startExceptions (nil when [exceptions] is absent). Its concrete type

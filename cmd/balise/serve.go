@@ -143,6 +143,7 @@ func (s *server) run(parent context.Context, sigs <-chan os.Signal) int {
 		start func(context.Context, *runtime) error
 	}{
 		{"exceptions", startExceptions},
+		{"identity", startIdentity},
 		{"dns", startDNS},
 		{"proxy", startProxy},
 	}

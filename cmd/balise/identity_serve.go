@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/balise-net/balise/config"
+	"github.com/balise-net/balise/internal/directory"
+	"github.com/balise-net/balise/internal/identity"
+	"github.com/balise-net/balise/internal/negotiate"
+)
+
+// startIdentity builds who-is-asking when [proxy.auth] mode is
+// "negotiate": the Kerberos verifier (keytab), the directory client
+// ([directory], optional), the address bindings and the pseudonym key
+// (created when missing). The proxy and the DNS filter then find it in
+// rt.identity; without it (the default) every decision is by address.
+// A reload re-reads the keytab (after a password change of the service
+// account); the rest of [directory], [proxy.auth] and [identity] waits
+// for a restart.
+func startIdentity(ctx context.Context, rt *runtime) error {
+	cfg := rt.cfg
+	if cfg.Proxy.Auth.Mode != "negotiate" {
+		return nil
+	}
+	svc, closeAll, err := newIdentity(cfg, rt)
+	if err != nil {
+		return err
+	}
+	rt.identity = svc
+	rt.onReload(func(*config.Config) {
+		if err := svc.ReloadKeytab(); err != nil {
+			rt.log.Warn("proxy.auth.keytab: reload failed, the keytab in force is kept", "error", err)
+		}
+	})
+	rt.wg.Go(func() {
+		<-ctx.Done()
+		closeAll()
+	})
+	return nil
+}
+
+// newIdentity builds the identity service of cfg and the function that
+// releases it.
+func newIdentity(cfg *config.Config, rt *runtime) (*identity.Service, func(), error) {
+	a := cfg.Proxy.Auth
+	v, err := negotiate.New(negotiate.Options{Keytab: a.Keytab, ServicePrincipal: a.ServicePrincipal})
+	if err != nil {
+		return nil, nil, fmt.Errorf("proxy.auth: %w", err)
+	}
+	var dir *directory.Directory
+	if d := cfg.Directory; d != nil {
+		dir, err = directory.New(directory.Config{
+			URL: d.URL, StartTLS: d.StartTLS, CAFile: d.CAFile,
+			BindDN: d.BindDN, BindPassword: d.BindPassword.Value(), BaseDN: d.BaseDN,
+			Kind: d.Kind, UserAttribute: d.UserAttribute, CacheTTL: d.CacheTTL, Timeout: d.Timeout,
+			Registerer: rt.reg,
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("directory: %w", err)
+		}
+	}
+	ps, err := loadPseudonyms(cfg)
+	if err != nil {
+		if dir != nil {
+			dir.Close()
+		}
+		return nil, nil, err
+	}
+	b := identity.NewBindings(identity.Options{TTL: cfg.Identity.BindingTTL, SharedAfter: cfg.Identity.SharedAfter})
+	svc, err := identity.NewService(identity.ServiceOptions{Verifier: v, Directory: dir, Bindings: b, Pseudonyms: ps, Registerer: rt.reg})
+	if err != nil {
+		return nil, nil, err
+	}
+	return svc, func() {
+		if dir != nil {
+			dir.Close()
+		}
+	}, nil
+}
