@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/balise-net/balise/config"
+	"github.com/balise-net/balise/internal/directory"
 	"github.com/balise-net/balise/internal/exceptions"
 	"github.com/balise-net/balise/internal/policy"
 )
@@ -61,6 +62,12 @@ type explainResult struct {
 	// register that holds no request yet).
 	Grants     string `json:"grants"`
 	LiveGrants int    `json:"live_grants"`
+	// Identity says which identity the decision used: "address" (no
+	// user: network groups only), "user" (the user's name, no directory
+	// groups), "user+groups" (--groups given), "user+directory" (groups
+	// looked up in [directory]), "user+directory-unavailable" (the lookup
+	// failed: name and network groups only, as serve would decide).
+	Identity string `json:"identity"`
 
 	decision policy.Decision
 	at       time.Time
@@ -162,6 +169,7 @@ func (r explainResult) writeText(w io.Writer) {
 	if len(r.DirectoryGroups) > 0 {
 		fmt.Fprintf(w, "directory %s\n", strings.Join(r.DirectoryGroups, ", "))
 	}
+	fmt.Fprintf(w, "identity  %s\n", r.Identity)
 	fmt.Fprintf(w, "at        %s (%s)\n", localTime(r.at, r.loc), r.At)
 	if d.Listed() {
 		name := r.Service
@@ -239,8 +247,8 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	path := fs.String("config", "", "configuration `FILE` (required)")
 	clientFlag := fs.String("client", "", "client `IP` address (required)")
 	hostFlag := fs.String("host", "", "`HOST` name or IP literal (required)")
-	user := fs.String("user", "", "user `NAME`, matched by groups' users and grants to a person")
-	groupsFlag := fs.String("groups", "", "comma-separated directory `groups` of the client")
+	user := fs.String("user", "", "user `NAME`, matched by groups' users and grants to a person; its groups come from [directory] unless --groups or --offline")
+	groupsFlag := fs.String("groups", "", "comma-separated directory `groups` of the user (instead of asking [directory])")
 	atFlag := fs.String("at", "", "the instant to decide at, `RFC3339` (default now)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	offline := fs.Bool("offline", false, "decide on the file alone: no exceptions register, no socket")
@@ -302,8 +310,23 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 			source, live = "register", len(grants)
 		}
 	}
+	identitySource := "address"
+	switch {
+	case *user == "":
+	case *groupsFlag != "":
+		identitySource = "user+groups"
+	case *offline || cfg.Directory == nil:
+		identitySource = "user"
+	default:
+		dirGroups, err = directoryGroups(cfg, *user)
+		identitySource = "user+directory"
+		if err != nil {
+			identitySource = "user+directory-unavailable"
+			fmt.Fprintf(stderr, "balise explain: directory: %v (decided on the name and network groups, as serve would)\n", err)
+		}
+	}
 	r, err := explain(cfg, p, explainInput{Client: client, Host: *hostFlag, User: *user, DirectoryGroups: dirGroups, At: at})
-	r.Grants, r.LiveGrants = source, live
+	r.Grants, r.LiveGrants, r.Identity = source, live, identitySource
 	if err != nil {
 		fmt.Fprintf(stderr, "balise explain: %v\n", err)
 		return exitInvalid
@@ -319,4 +342,17 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	}
 	r.writeText(stdout)
 	return exitOK
+}
+
+// directoryGroups asks [directory] for user's groups, as serve would
+// (nested groups, by CN and DN), within the directory's timeout.
+func directoryGroups(cfg *config.Config, user string) ([]string, error) {
+	dir, err := directory.New(directoryConfig(cfg.Directory))
+	if err != nil {
+		return nil, err
+	}
+	defer dir.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Directory.Timeout+time.Second)
+	defer cancel()
+	return dir.Groups(ctx, user)
 }

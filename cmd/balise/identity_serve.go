@@ -50,12 +50,9 @@ func newIdentity(cfg *config.Config, rt *runtime) (*identity.Service, func(), er
 	}
 	var dir *directory.Directory
 	if d := cfg.Directory; d != nil {
-		dir, err = directory.New(directory.Config{
-			URL: d.URL, StartTLS: d.StartTLS, CAFile: d.CAFile,
-			BindDN: d.BindDN, BindPassword: d.BindPassword.Value(), BaseDN: d.BaseDN,
-			Kind: d.Kind, UserAttribute: d.UserAttribute, CacheTTL: d.CacheTTL, Timeout: d.Timeout,
-			Registerer: rt.reg,
-		})
+		dc := directoryConfig(d)
+		dc.Registerer = rt.reg
+		dir, err = directory.New(dc)
 		if err != nil {
 			return nil, nil, fmt.Errorf("directory: %w", err)
 		}
@@ -77,4 +74,14 @@ func newIdentity(cfg *config.Config, rt *runtime) (*identity.Service, func(), er
 			dir.Close()
 		}
 	}, nil
+}
+
+// directoryConfig copies [directory] onto the directory client's Config
+// (config holds every value as the client wants it).
+func directoryConfig(d *config.DirectorySection) directory.Config {
+	return directory.Config{
+		URL: d.URL, StartTLS: d.StartTLS, CAFile: d.CAFile,
+		BindDN: d.BindDN, BindPassword: d.BindPassword.Value(), BaseDN: d.BaseDN,
+		Kind: d.Kind, UserAttribute: d.UserAttribute, CacheTTL: d.CacheTTL, Timeout: d.Timeout,
+	}
 }
