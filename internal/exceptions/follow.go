@@ -300,6 +300,9 @@ func (r *Register) Follow(ctx context.Context, opt FollowOptions) {
 	}
 }
 
+// ChainHead returns the audit chain's head as the store recorded it.
+func (r *Register) ChainHead(ctx context.Context) (Head, error) { return r.head(ctx) }
+
 // head reads the audit chain's head.
 func (r *Register) head(ctx context.Context) (Head, error) {
 	var h Head

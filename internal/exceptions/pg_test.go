@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/balise-net/balise/internal/exceptions/pgtest"
 	"github.com/balise-net/balise/internal/policy"
 )
 
@@ -76,7 +77,7 @@ func (n *pgNode) waitGrant(t *testing.T, id string, absent bool, within time.Dur
 
 func TestPGMigrationsConcurrentAndIdempotent(t *testing.T) {
 	srv := sharedPG(t)
-	url := srv.createDB(t)
+	url := srv.CreateDB(t)
 	const nodes = 4
 	var wg sync.WaitGroup
 	errs := make(chan error, nodes)
@@ -113,7 +114,7 @@ func TestPGMigrationsConcurrentAndIdempotent(t *testing.T) {
 		t.Fatal("Update on a read-only store succeeded")
 	}
 	ro.Close()
-	if _, err := OpenPostgres(context.Background(), PGOptions{URL: srv.createDB(t), ReadOnly: true}); !errors.Is(err, ErrNoStore) {
+	if _, err := OpenPostgres(context.Background(), PGOptions{URL: srv.CreateDB(t), ReadOnly: true}); !errors.Is(err, ErrNoStore) {
 		t.Fatalf("read-only open of an empty database = %v, want ErrNoStore", err)
 	}
 }
@@ -121,7 +122,7 @@ func TestPGMigrationsConcurrentAndIdempotent(t *testing.T) {
 func TestPGChainCannotFork(t *testing.T) {
 	// Two nodes, four writers each, append to one chain at once.
 	srv := sharedPG(t)
-	url := srv.createDB(t)
+	url := srv.CreateDB(t)
 	clock := newClock()
 	a, b := openNode(t, url, "node-a", clock), openNode(t, url, "node-b", clock)
 	const per = 15
@@ -179,7 +180,7 @@ func TestPGVerifyDetectsEdits(t *testing.T) {
 		{"request edited", `UPDATE requests SET justification = 'autre chose que le texte reçu' WHERE id = 'EX-0001'`, 1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			url := srv.createDB(t)
+			url := srv.CreateDB(t)
 			n := openNode(t, url, "node", newClock())
 			for i := range 3 {
 				if _, err := n.reg.Submit(context.Background(), sub(fmt.Sprintf("10.0.0.%d", i+1), "facebook", justification(i))); err != nil {
@@ -190,7 +191,7 @@ func TestPGVerifyDetectsEdits(t *testing.T) {
 				t.Fatalf("Verify before the edit = %v", err)
 			}
 			db := url[strings.LastIndex(url, "/")+1 : strings.Index(url, "?")]
-			srv.exec(t, db, tt.sql)
+			srv.Exec(t, db, tt.sql)
 			err := n.reg.Verify(context.Background())
 			var ce *ChainError
 			if !errors.As(err, &ce) || ce.Line != tt.line {
@@ -202,7 +203,7 @@ func TestPGVerifyDetectsEdits(t *testing.T) {
 
 func TestPGLeaderOnlyExpiry(t *testing.T) {
 	srv := sharedPG(t)
-	url := srv.createDB(t)
+	url := srv.CreateDB(t)
 	clock := newClock()
 	a, b := openNode(t, url, "node-a", clock), openNode(t, url, "node-b", clock)
 	ctx := context.Background()
@@ -260,7 +261,7 @@ func TestPGLeaderOnlyExpiry(t *testing.T) {
 
 func TestPGPropagation(t *testing.T) {
 	srv := sharedPG(t)
-	url := srv.createDB(t)
+	url := srv.CreateDB(t)
 	clock := newClock()
 	a, b := openNode(t, url, "node-a", clock), openNode(t, url, "node-b", clock)
 	ctx := context.Background()
@@ -292,7 +293,7 @@ func TestPGPropagationLostNotification(t *testing.T) {
 	// before it is back: the notification is lost, the re-read of what
 	// changed since the last version seen still brings the grant.
 	srv := sharedPG(t)
-	url := srv.createDB(t)
+	url := srv.CreateDB(t)
 	clock := newClock()
 	a, b := openNode(t, url, "node-a", clock), openNode(t, url, "node-b", clock)
 	ctx := context.Background()
@@ -303,7 +304,7 @@ func TestPGPropagationLostNotification(t *testing.T) {
 	b.follow(t, time.Second)
 	waitListening(t, srv, url, "node-b-listen")
 	db := dbName(url)
-	srv.exec(t, db, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'node-b-listen'`)
+	srv.Exec(t, db, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'node-b-listen'`)
 	if _, err := a.reg.Approve(ctx, rc.ID, Approval{By: "RSI", For: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +316,7 @@ func TestPGPropagationLostNotification(t *testing.T) {
 func dbName(url string) string { return url[strings.LastIndex(url, "/")+1 : strings.Index(url, "?")] }
 
 // waitListening waits until a connection named app LISTENs.
-func waitListening(t *testing.T, srv *pgServer, url, app string) {
+func waitListening(t *testing.T, srv *pgtest.Server, url, app string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -336,8 +337,8 @@ func waitListening(t *testing.T, srv *pgServer, url, app string) {
 }
 
 func TestPGDegradedMode(t *testing.T) {
-	srv := startPG(t) // its own server: this test stops it
-	url := srv.createDB(t)
+	srv := pgtest.Start(t) // its own server: this test stops it
+	url := srv.CreateDB(t)
 	clock := newClock()
 	a := openNode(t, url, "node-a", clock)
 	ctx := context.Background()
@@ -355,7 +356,7 @@ func TestPGDegradedMode(t *testing.T) {
 	a.follow(t, 500*time.Millisecond)
 	a.waitGrant(t, ids[0], false, 2*time.Second)
 
-	srv.stop()
+	srv.Stop()
 	// Fail static: the grant stays; a request is refused as unavailable.
 	start := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -382,7 +383,7 @@ func TestPGDegradedMode(t *testing.T) {
 
 	// PostgreSQL is back: a change made by another node is caught up
 	// without a restart.
-	if err := srv.start(); err != nil {
+	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	b := openNode(t, url, "node-b", clock)
@@ -415,7 +416,7 @@ func TestPGMigrateFromSQLite(t *testing.T) {
 	if _, err := e.reg.Deny(ctx, b, "RSI", "non"); err != nil {
 		t.Fatal(err)
 	}
-	url := srv.createDB(t)
+	url := srv.CreateDB(t)
 	dst := openPG(t, url)
 	defer dst.Close()
 	res, err := e.reg.MigrateTo(ctx, dst)

@@ -2,215 +2,24 @@ package exceptions
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
-	"sort"
-	"strconv"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
-	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/balise-net/balise/internal/exceptions/pgtest"
 )
-
-// pgServer is a real PostgreSQL server for tests: initdb into a temporary
-// directory, then postgres listening on a unix socket in that directory
-// and on 127.0.0.1 at a free port. PostgreSQL refuses to run as root, so
-// when the tests run as root both run as the "postgres" user, which owns
-// the directory.
-type pgServer struct {
-	bin, dir string
-	port     int
-	cred     *syscall.Credential
-	cmd      *exec.Cmd
-	done     chan struct{}
-	dbs      atomic.Int64
-}
-
-// pgBin finds PostgreSQL's server programs (Debian keeps them out of PATH).
-func pgBin() string {
-	m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
-	sort.Strings(m)
-	if len(m) > 0 {
-		return filepath.Dir(m[len(m)-1])
-	}
-	if p, err := exec.LookPath("initdb"); err == nil {
-		return filepath.Dir(p)
-	}
-	return ""
-}
-
-// startPG starts a new server; the test is skipped when PostgreSQL is not
-// installed, and fails then when BALISE_E2E=1.
-func startPG(t testing.TB) *pgServer {
-	t.Helper()
-	s, err := newPGServer()
-	if err != nil {
-		if s != nil {
-			s.close()
-		} else if os.Getenv("BALISE_E2E") != "1" {
-			t.Skipf("PostgreSQL not available: %v", err)
-		}
-		t.Fatalf("PostgreSQL: %v", err)
-	}
-	t.Cleanup(s.close)
-	return s
-}
-
-// newPGServer returns a nil server and an error when PostgreSQL is not
-// installed, a non-nil one with an error when it failed to start.
-func newPGServer() (*pgServer, error) {
-	bin := pgBin()
-	if bin == "" {
-		return nil, fmt.Errorf("initdb not found (install the postgresql package)")
-	}
-	s := &pgServer{bin: bin}
-	dir, err := os.MkdirTemp("", "balise-pg-")
-	if err != nil {
-		return s, err
-	}
-	s.dir = dir
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return s, fmt.Errorf("running as root needs a postgres user: %v", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return s, err
-		}
-	}
-	out, err := s.command("initdb", "-D", filepath.Join(dir, "data"), "-U", "postgres", "--auth=trust",
-		"--no-sync", "-E", "UTF8", "--locale=C").CombinedOutput()
-	if err != nil {
-		return s, fmt.Errorf("initdb: %v\n%s", err, out)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return s, err
-	}
-	s.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	return s, s.start()
-}
-
-func (s *pgServer) command(name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(filepath.Join(s.bin, name), args...)
-	cmd.Dir = s.dir
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	if s.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
-	}
-	return cmd
-}
-
-// start runs postgres and waits until it accepts connections.
-func (s *pgServer) start() error {
-	log, err := os.OpenFile(filepath.Join(s.dir, "postgres.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	cmd := s.command("postgres", "-D", filepath.Join(s.dir, "data"), "-k", s.dir, "-h", "127.0.0.1",
-		"-p", strconv.Itoa(s.port), "-c", "fsync=off", "-c", "synchronous_commit=off",
-		"-c", "full_page_writes=off", "-c", "max_connections=200")
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		log.Close()
-		return err
-	}
-	s.cmd, s.done = cmd, make(chan struct{})
-	go func() { cmd.Wait(); log.Close(); close(s.done) }()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		conn, err := pgx.Connect(ctx, s.url("postgres"))
-		cancel()
-		if err == nil {
-			conn.Close(context.Background())
-			return nil
-		}
-		select {
-		case <-s.done:
-			data, _ := os.ReadFile(filepath.Join(s.dir, "postgres.log"))
-			return fmt.Errorf("postgres exited: %s", data)
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("postgres did not accept connections: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// stop shuts the server down (fast shutdown: clients are disconnected).
-func (s *pgServer) stop() {
-	if s.cmd == nil {
-		return
-	}
-	s.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-s.done:
-	case <-time.After(30 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.done
-	}
-	s.cmd = nil
-}
-
-func (s *pgServer) close() {
-	s.stop()
-	if s.dir != "" {
-		os.RemoveAll(s.dir)
-	}
-}
-
-// url returns the URL of database db over TCP on loopback.
-func (s *pgServer) url(db string) string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", s.port, db)
-}
-
-// createDB creates a fresh database and returns its URL.
-func (s *pgServer) createDB(t testing.TB) string {
-	t.Helper()
-	name := fmt.Sprintf("balise_%d", s.dbs.Add(1))
-	s.exec(t, "postgres", "CREATE DATABASE "+name)
-	return s.url(name)
-}
-
-// exec runs one statement on database db.
-func (s *pgServer) exec(t testing.TB, db, sql string, args ...any) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, s.url(db))
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, sql, args...); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-}
 
 // The server shared by the tests that do not stop it, started on first use.
 var shared struct {
 	once sync.Once
-	srv  *pgServer
+	srv  *pgtest.Server
 	err  error
 }
 
 // sharedPG returns the shared server (see startPG for skips).
-func sharedPG(t testing.TB) *pgServer {
+func sharedPG(t testing.TB) *pgtest.Server {
 	t.Helper()
-	shared.once.Do(func() { shared.srv, shared.err = newPGServer() })
+	shared.once.Do(func() { shared.srv, shared.err = pgtest.New() })
 	if shared.err != nil {
 		if shared.srv == nil && os.Getenv("BALISE_E2E") != "1" {
 			t.Skipf("PostgreSQL not available: %v", shared.err)
@@ -223,7 +32,7 @@ func sharedPG(t testing.TB) *pgServer {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if shared.srv != nil {
-		shared.srv.close()
+		shared.srv.Close()
 	}
 	os.Exit(code)
 }
@@ -247,7 +56,7 @@ func eachStore(t *testing.T, fn func(t *testing.T, newEnv envFunc)) {
 	t.Run("postgres", func(t *testing.T) {
 		srv := sharedPG(t)
 		fn(t, func(tb testing.TB, mod func(*Options)) *testEnv {
-			e := &testEnv{dir: tb.TempDir(), url: srv.createDB(tb), clock: newClock()}
+			e := &testEnv{dir: tb.TempDir(), url: srv.CreateDB(tb), clock: newClock()}
 			e.reg = e.open(tb, mod)
 			return e
 		})
