@@ -84,11 +84,10 @@ func (r *Register) sync(ctx context.Context) error {
 // leader reports whether this node writes expiry and retention events:
 // always with a store of its own, only the lock holder with a shared one.
 func (r *Register) leader(ctx context.Context) bool {
-	s, ok := r.opt.Store.(sharedStore)
-	if !ok {
-		return true
+	l := true
+	if s, ok := r.opt.Store.(sharedStore); ok {
+		l = s.Leader(ctx)
 	}
-	l := s.Leader(ctx)
 	if l {
 		r.metrics.leader.Set(1)
 	} else {
@@ -121,7 +120,7 @@ func (r *Register) Refresh(ctx context.Context, now time.Time) ([]policy.Grant, 
 	r.cache.mu.Unlock()
 	slices.Sort(ended)
 	var expireErr error
-	if len(ended) > 0 && r.leader(ctx) {
+	if leader := r.leader(ctx); len(ended) > 0 && leader {
 		expireErr = r.update(ctx, func(tx Tx, _ time.Time) ([]Event, error) {
 			var events []Event
 			for _, id := range ended {
