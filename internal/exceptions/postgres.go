@@ -129,7 +129,8 @@ type PGStore struct {
 	bell chan struct{} // rung (non-blocking) by the listener
 
 	leaderMu   sync.Mutex
-	leaderConn *pgx.Conn // holds the session-level leader lock while non-nil
+	leaderConn *pgx.Conn // tries for, or holds, the session-level leader lock
+	isLeader   bool      // leaderConn holds the lock
 }
 
 // OpenPostgres connects to the database at opt.URL and brings its schema
@@ -266,7 +267,7 @@ func (s *PGStore) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		s.leaderConn.Close(ctx)
 		cancel()
-		s.leaderConn = nil
+		s.leaderConn, s.isLeader = nil, false
 	}
 	s.leaderMu.Unlock()
 	s.pool.Close()
@@ -358,33 +359,37 @@ func (s *PGStore) Listen(ctx context.Context, retry time.Duration) {
 	}
 }
 
-// Leader reports whether this node holds the leader's lock, taking it when
-// free: the node that holds it writes expiry and retention events, the
-// others skip them. The lock is a session lock on a dedicated connection;
-// when that connection dies the lock is freed and another node takes it.
+// Leader reports whether this node holds the leader's lock, trying to take
+// it when free: the node that holds it writes expiry and retention events,
+// the others skip them. The lock is a session lock on a dedicated
+// connection, kept by leader and followers alike; when the leader's
+// connection dies the lock is freed and another node takes it.
 func (s *PGStore) Leader(ctx context.Context) bool {
 	s.leaderMu.Lock()
 	defer s.leaderMu.Unlock()
-	if s.leaderConn != nil {
-		if err := s.leaderConn.Ping(ctx); err == nil {
-			return true
-		}
+	if s.leaderConn != nil && s.leaderConn.Ping(ctx) != nil {
 		s.leaderConn.Close(context.WithoutCancel(ctx))
-		s.leaderConn = nil
+		s.leaderConn, s.isLeader = nil, false
 	}
-	cfg := s.connCfg.Copy()
-	cfg.RuntimeParams["application_name"] = s.connCfg.RuntimeParams["application_name"] + "-leader"
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return false
+	if s.leaderConn == nil {
+		cfg := s.connCfg.Copy()
+		cfg.RuntimeParams["application_name"] = s.connCfg.RuntimeParams["application_name"] + "-leader"
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			return false
+		}
+		s.leaderConn = conn
 	}
-	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, lockLeader).Scan(&got); err != nil || !got {
-		conn.Close(context.WithoutCancel(ctx))
-		return false
+	if !s.isLeader {
+		var got bool
+		if err := s.leaderConn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, lockLeader).Scan(&got); err != nil {
+			s.leaderConn.Close(context.WithoutCancel(ctx))
+			s.leaderConn = nil
+			return false
+		}
+		s.isLeader = got
 	}
-	s.leaderConn = conn
-	return true
+	return s.isLeader
 }
 
 // pgQuerier is what pgTx needs of a pgx transaction.
