@@ -246,7 +246,12 @@ func (r *Register) Follow(ctx context.Context, opt FollowOptions) {
 	var bell <-chan struct{}
 	if s, ok := r.opt.Store.(sharedStore); ok {
 		bell = s.Doorbell()
-		go s.Listen(ctx, time.Second)
+		listening := make(chan struct{})
+		go func() {
+			defer close(listening)
+			s.Listen(ctx, time.Second)
+		}()
+		defer func() { <-listening }() // ctx is done: Listen returns too
 	}
 	log := r.opt.Logger
 	var last []policy.Grant

@@ -33,6 +33,8 @@ type Server struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	dbs  atomic.Int64
+	// durable keeps fsync and synchronous commits on (for benchmarks).
+	durable bool
 }
 
 // Bin finds PostgreSQL's server programs (Debian keeps them out of PATH).
@@ -65,14 +67,21 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
-// New returns a nil server and an error when PostgreSQL is not
-// installed, a non-nil one with an error when it failed to start.
-func New() (*Server, error) {
+// New starts a server tuned for tests (fsync off); Close stops it. It
+// returns a nil server and an error when PostgreSQL is not installed, a
+// non-nil one (to Close) with an error when it failed to start.
+func New() (*Server, error) { return start(false) }
+
+// NewDurable is New with fsync and synchronous commits on, as in
+// production, for benchmarks that compare commit latencies.
+func NewDurable() (*Server, error) { return start(true) }
+
+func start(durable bool) (*Server, error) {
 	bin := Bin()
 	if bin == "" {
 		return nil, fmt.Errorf("initdb not found (install the postgresql package)")
 	}
-	s := &Server{bin: bin}
+	s := &Server{bin: bin, durable: durable}
 	dir, err := os.MkdirTemp("", "balise-pg-")
 	if err != nil {
 		return s, err
@@ -120,9 +129,12 @@ func (s *Server) Start() error {
 	if err != nil {
 		return err
 	}
-	cmd := s.command("postgres", "-D", filepath.Join(s.dir, "data"), "-k", s.dir, "-h", "127.0.0.1",
-		"-p", strconv.Itoa(s.Port), "-c", "fsync=off", "-c", "synchronous_commit=off",
-		"-c", "full_page_writes=off", "-c", "max_connections=200")
+	args := []string{"-D", filepath.Join(s.dir, "data"), "-k", s.dir, "-h", "127.0.0.1",
+		"-p", strconv.Itoa(s.Port), "-c", "max_connections=200"}
+	if !s.durable {
+		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+	}
+	cmd := s.command("postgres", args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		log.Close()
