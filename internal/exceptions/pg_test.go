@@ -446,3 +446,59 @@ func TestPGMigrateFromSQLite(t *testing.T) {
 		t.Fatalf("MigrateTo a non-empty target = %v, want a refusal", err)
 	}
 }
+
+// A second shared table (as identity bindings will be) is stamped with
+// the change version on write and read back as "changed since".
+func TestPGChangedSinceHook(t *testing.T) {
+	srv := sharedPG(t)
+	url := srv.CreateDB(t)
+	st := openPG(t, url)
+	defer st.Close()
+	ctx := context.Background()
+	if _, err := st.pool.Exec(ctx, `CREATE TABLE bindings (addr text PRIMARY KEY, username text NOT NULL, version bigint NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	put := func(addr, user string) {
+		t.Helper()
+		err := st.Update(ctx, func(tx Tx) error {
+			v, err := tx.(*pgTx).Stamp()
+			if err != nil {
+				return err
+			}
+			_, err = tx.(*pgTx).q.Exec(ctx, `INSERT INTO bindings VALUES ($1, $2, $3)
+				ON CONFLICT (addr) DO UPDATE SET username = excluded.username, version = excluded.version`, addr, user, v)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(since int64) (int64, []string) {
+		t.Helper()
+		var got []string
+		v, err := st.ChangedSince(ctx, "bindings", []string{"addr", "username"}, since, func(r pgx.Rows) error {
+			var a, u string
+			err := r.Scan(&a, &u)
+			got = append(got, a+"="+u)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v, got
+	}
+	put("10.0.0.1", "alice")
+	put("10.0.0.2", "bob")
+	v, got := read(0)
+	if strings.Join(got, " ") != "10.0.0.1=alice 10.0.0.2=bob" {
+		t.Fatalf("ChangedSince(0) = %v", got)
+	}
+	put("10.0.0.1", "carol")
+	v2, got := read(v)
+	if strings.Join(got, " ") != "10.0.0.1=carol" || v2 <= v {
+		t.Fatalf("ChangedSince(%d) = %d, %v; want only the change", v, v2, got)
+	}
+	if v3, got := read(v2); v3 != v2 || len(got) != 0 {
+		t.Fatalf("ChangedSince(latest) = %d, %v; want nothing", v3, got)
+	}
+}

@@ -28,7 +28,8 @@ import (
 // Update and commit-ordered because Updates are serialized): a node reads
 // "the rows whose version is past the last one I saw". A later table shared
 // between nodes (identity bindings) gets the same column and is read the
-// same way (see PGStore.changedSince).
+// same way (Stamp on the write side, PGStore.ChangedSince on the read side,
+// the same doorbell).
 var pgMigrations = []string{
 	`CREATE TABLE meta (
 		key   text PRIMARY KEY,
@@ -481,6 +482,45 @@ func (t *pgTx) ChangeVersion() (int64, error) {
 // oldest change first.
 func (t *pgTx) RequestsSince(v int64) ([]Request, error) {
 	return t.queryRequests("SELECT "+pgRequestColumns+" FROM requests WHERE version > $1 ORDER BY version, id", v)
+}
+
+// Stamp returns this Update's change version, to write in the "version"
+// column of the rows it writes to a shared table other than requests
+// (which PutRequest stamps itself); the doorbell rings at commit.
+func (t *pgTx) Stamp() (int64, error) { return t.bump() }
+
+// ChangedSince is the read side of a table shared the way requests are:
+// in one consistent snapshot it calls fn with each row of table (columns
+// as given) whose version is past since, in version order, and returns the
+// change version to pass as since next time. It is the hook for sharing
+// more than requests between nodes (identity bindings): give the table a
+// "version bigint NOT NULL" column filled with Stamp.
+func (s *PGStore) ChangedSince(ctx context.Context, table string, columns []string, since int64, fn func(pgx.Rows) error) (int64, error) {
+	cols := make([]string, len(columns))
+	for i, c := range columns {
+		cols[i] = pgx.Identifier{c}.Sanitize()
+	}
+	var version int64
+	err := s.View(ctx, func(rt ReadTx) error {
+		t := rt.(*pgTx)
+		var err error
+		if version, err = t.ChangeVersion(); err != nil || version == since {
+			return err
+		}
+		rows, err := t.q.Query(ctx, "SELECT "+strings.Join(cols, ", ")+" FROM "+pgx.Identifier{table}.Sanitize()+
+			" WHERE version > $1 ORDER BY version", since)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			if err := fn(rows); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
+	return version, err
 }
 
 func (t *pgTx) Head() (Head, error) {
