@@ -121,11 +121,14 @@ func (r *Register) Refresh(ctx context.Context, now time.Time) ([]policy.Grant, 
 	slices.Sort(ended)
 	var expireErr error
 	if leader := r.leader(ctx); len(ended) > 0 && leader {
+		var gone []string // purged meanwhile: no change version tells of a deletion
 		expireErr = r.update(ctx, func(tx Tx, _ time.Time) ([]Event, error) {
 			var events []Event
+			gone = gone[:0]
 			for _, id := range ended {
 				q, err := tx.Request(id)
 				if errors.Is(err, ErrNotFound) {
+					gone = append(gone, id)
 					continue
 				}
 				if err != nil {
@@ -144,6 +147,11 @@ func (r *Register) Refresh(ctx context.Context, now time.Time) ([]policy.Grant, 
 			return events, nil
 		})
 		if expireErr == nil {
+			r.cache.mu.Lock()
+			for _, id := range gone {
+				delete(r.cache.open, id)
+			}
+			r.cache.mu.Unlock()
 			r.sync(ctx)
 		}
 	}
