@@ -11,6 +11,9 @@ import (
 type chainTx interface {
 	// AppendEvent stores one audit line with its seq, prev and hash.
 	AppendEvent(seq int64, prev, hash string, line []byte) error
+	// EventHash returns the stored hash of the line with this seq ("" when
+	// there is none).
+	EventHash(seq int64) (string, error)
 }
 
 // chainReadTx reads a stored audit chain.
@@ -48,8 +51,21 @@ const chainName = "audit_events"
 // appendStored appends events after head h to the store's chain and
 // records the new head. Appends hold the head row's lock (and the store's
 // update lock), and seq is the table's primary key: the chain cannot fork.
+//
+// Like the file's reconcile, it first checks that the head row still names
+// the last stored line: if the database was edited, writes are refused
+// (ErrAudit) until the officer investigates.
 func appendStored(ct chainTx, h Head, events []Event, now time.Time) error {
 	tx := ct.(Tx)
+	if h.Seq > 0 {
+		got, err := ct.EventHash(h.Seq)
+		if err != nil {
+			return err
+		}
+		if got != h.Hash {
+			return fmt.Errorf("%w: the register's audit head (seq %d) does not match its stored event: the database was edited; run verify", ErrAudit, h.Seq)
+		}
+	}
 	for _, e := range events {
 		e.Time = formatTime(now)
 		e.Seq, e.Prev = h.Seq+1, h.Hash

@@ -197,6 +197,15 @@ func TestPGVerifyDetectsEdits(t *testing.T) {
 			if !errors.As(err, &ce) || ce.Line != tt.line {
 				t.Fatalf("Verify after %s = %v, want a ChainError at event %d", tt.name, err, tt.line)
 			}
+			// An edit of the last event stops every write, as with the file.
+			if tt.name == "last event deleted" {
+				if _, err := n.reg.Submit(context.Background(), sub("10.0.0.9", "facebook", justification(9))); !errors.Is(err, ErrAudit) {
+					t.Fatalf("Submit after %s = %v, want ErrAudit", tt.name, err)
+				}
+				if err := n.reg.Repair(context.Background()); !errors.Is(err, ErrAudit) {
+					t.Fatalf("Repair after %s = %v, want ErrAudit", tt.name, err)
+				}
+			}
 		})
 	}
 }

@@ -548,6 +548,16 @@ func (t *pgTx) AppendEvent(seq int64, prev, hash string, line []byte) error {
 	return err
 }
 
+// EventHash returns the hash of the stored line seq ("" when absent).
+func (t *pgTx) EventHash(seq int64) (string, error) {
+	var h string
+	err := t.q.QueryRow(t.ctx, `SELECT hash FROM audit_events WHERE seq = $1`, seq).Scan(&h)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	return h, err
+}
+
 // Events calls fn with every audit line at or after seq from, in order.
 func (t *pgTx) Events(from int64, fn func(seq int64, hash string, line []byte) error) error {
 	rows, err := t.q.Query(t.ctx, `SELECT seq, hash, line FROM audit_events WHERE seq >= $1 ORDER BY seq`, from)

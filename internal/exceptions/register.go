@@ -180,7 +180,9 @@ func (r *Register) update(ctx context.Context, fn func(tx Tx, now time.Time) ([]
 			return err
 		}
 		if ct, ok := tx.(chainTx); ok {
-			return appendStored(ct, h, events, now)
+			err := appendStored(ct, h, events, now)
+			auditErr = errors.Is(err, ErrAudit)
+			return err
 		}
 		a, err := lockAudit(r.opt.AuditLog, r.opt.LockWait)
 		if err != nil {
