@@ -266,6 +266,11 @@ func (s *PGStore) Close() error {
 	s.leaderMu.Lock()
 	if s.leaderConn != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if s.isLeader {
+			// Hand over now rather than when the server notices the
+			// connection is gone.
+			s.leaderConn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, lockLeader)
+		}
 		s.leaderConn.Close(ctx)
 		cancel()
 		s.leaderConn, s.isLeader = nil, false
