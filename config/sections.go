@@ -349,7 +349,16 @@ func canonicalUpstream(s string) (string, error) {
 func (p *parser) exceptionsSection(t *tbl) *ExceptionsSection {
 	defer t.finish()
 	c := &ExceptionsSection{}
-	c.Store = p.pathKey(t, "store", "balise-data/balise.db")
+	if store := t.str("store", "balise-data/balise.db"); IsPostgresURL(store) {
+		c.Store = store
+		p.checkStoreURL(store)
+	} else {
+		c.Store = p.resolve(store)
+	}
+	c.StorePasswordFile = p.pathKey(t, "store_password_file", "")
+	if c.StorePasswordFile != "" && !c.Postgres() {
+		p.warn("exceptions.store_password_file", "ignored: exceptions.store is a file, not a postgres:// URL")
+	}
 	c.AuditLog = p.pathKey(t, "audit_log", "balise-data/exceptions.jsonl")
 	c.StateDir = p.pathKey(t, "state_dir", "balise-data")
 	ds, ok := t.strs("durations")

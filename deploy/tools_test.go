@@ -97,6 +97,9 @@ var knownMetrics = map[string]bool{
 	"balise_exceptions_pending_overdue":            true,
 	"balise_exceptions_audit_write_errors_total":   true,
 	"balise_exceptions_notify_failures_total":      true,
+	"balise_exceptions_store_up":                   true,
+	"balise_exceptions_store_unavailable_total":    true,
+	"balise_exceptions_leader":                     true,
 }
 
 // checkMetricNames fails for every metric expr references that is not in

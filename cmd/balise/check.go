@@ -109,7 +109,11 @@ func printSummary(w io.Writer, cfg *config.Config, p *policy.Policy) {
 	}
 	fmt.Fprintf(w, "  rules      %d%s\n", len(rules), nameList(rules))
 	if cfg.Exceptions != nil {
-		fmt.Fprintln(w, "  exceptions register on")
+		if cfg.Exceptions.Postgres() {
+			fmt.Fprintf(w, "  exceptions register on, shared in PostgreSQL: %s\n", storeName(cfg.Exceptions))
+		} else {
+			fmt.Fprintf(w, "  exceptions register on: %s\n", cfg.Exceptions.Store)
+		}
 	}
 }
 

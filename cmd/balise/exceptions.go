@@ -28,10 +28,13 @@ commands:
   export  --format csv|json [--since DATE] [--by NAME]
   verify
   purge   [--older-than DURATION] [--by NAME]
+  migrate --to postgres://USER@HOST/DB?sslmode=verify-full [--password-file FILE]
 
 DURATION is a Go duration or a number of days ("4h", "7d", "365d"); DATE is
 YYYY-MM-DD (in the configured timezone) or RFC 3339. Every command works
-while balise serve runs on the same register.
+while balise serve runs on the same register, except migrate, which copies
+an embedded register (SQLite and its audit log) into an empty PostgreSQL
+database and verifies the copy: stop balise serve first.
 `
 
 // exceptionsCLI is one run of `balise exceptions`.
@@ -74,6 +77,8 @@ func runExceptions(args []string, stdout, stderr io.Writer) int {
 		return c.verify(rest)
 	case "purge":
 		return c.purge(rest)
+	case "migrate":
+		return c.migrate(rest)
 	case "help":
 		fmt.Fprint(stdout, exceptionsUsage)
 		return exitOK
@@ -142,7 +147,7 @@ func (c *exceptionsCLI) open() int {
 	}
 	ex := cfg.Exceptions
 	ctx := context.Background()
-	st, err := exceptions.OpenSQLite(ctx, ex.Store)
+	st, err := openExceptionsStore(ctx, ex, "balise-exceptions")
 	if err != nil {
 		fmt.Fprintf(c.stderr, "balise exceptions: %v\n", err)
 		return exitInvalid
@@ -418,15 +423,22 @@ func (c *exceptionsCLI) verify(args []string) int {
 		fmt.Fprintf(c.stderr, "balise exceptions verify: FAILED: %v\n", err)
 		return exitInvalid
 	}
-	n := 0
 	reqs, _ := c.reg.List(context.Background(), "")
+	if c.cfg.Exceptions.Postgres() {
+		h, err := c.reg.ChainHead(context.Background())
+		if err != nil {
+			return c.fail("verify", err)
+		}
+		fmt.Fprintf(c.stdout, "audit log OK: %s (audit_events): %d events, chain intact and matching the register (%d requests); head %s\n",
+			exceptions.RedactURL(c.cfg.Exceptions.Store), h.Seq, len(reqs), h.Hash)
+		return exitOK
+	}
 	events, err := countLines(c.cfg.Exceptions.AuditLog)
 	if err != nil {
 		return c.fail("verify", err)
 	}
-	n = len(reqs)
 	fmt.Fprintf(c.stdout, "audit log OK: %s: %d events, chain intact and matching the register (%d requests)\n",
-		c.cfg.Exceptions.AuditLog, events, n)
+		c.cfg.Exceptions.AuditLog, events, len(reqs))
 	return exitOK
 }
 

@@ -20,12 +20,14 @@ import (
 var _ proxy.Exceptions = (*exceptions.Web)(nil)
 
 // startExceptions starts the exception register when the configuration
-// has an [exceptions] table: it opens the store and the audit log, sets
-// rt.exceptions to the register's web side (the request form behind the
-// block page, an *exceptions.Web), installs the current grants, and polls
-// the store every grant_poll for approvals, revocations and expiries made
-// by `balise exceptions` (grants reach the policy within grant_poll plus
-// the time of one poll). It stops when ctx ends.
+// has an [exceptions] table: it opens the store (and the audit log, with
+// an embedded store), sets rt.exceptions to the register's web side (the
+// request form behind the block page, an *exceptions.Web), installs the
+// current grants, and follows the store (exceptions.Register.Follow):
+// every grant_poll, and on a PostgreSQL store as soon as another node's
+// change rings, approvals, revocations and expiries reach the policy.
+// While the store is unreachable the last grants stay in force. It stops
+// when ctx ends.
 //
 // Changes to [exceptions] take effect at the next restart.
 func startExceptions(ctx context.Context, rt *runtime) error {
@@ -33,7 +35,7 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 	if ex == nil {
 		return nil
 	}
-	st, err := exceptions.OpenSQLite(ctx, ex.Store)
+	st, err := openExceptionsStore(ctx, ex, "balise")
 	if err != nil {
 		return err
 	}
@@ -46,6 +48,7 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 		PendingAlertAfter: ex.PendingAlertAfter,
 		Registerer:        rt.reg,
 		Clock:             rt.now,
+		Logger:            rt.log,
 	}
 	if ex.NotifyURL != "" {
 		notifier = exceptions.NewNotifier(exceptions.NotifierOptions{URL: ex.NotifyURL, Timeout: ex.NotifyTimeout, Logger: rt.log})
@@ -100,19 +103,23 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 	}
 	rt.wg.Go(func() {
 		defer reg.Close()
-		m.run(ctx)
+		reg.Follow(ctx, exceptions.FollowOptions{Poll: ex.GrantPoll, Apply: m.apply, AfterRefresh: m.retention})
 	})
 	rt.onReload(func(c *config.Config) {
 		if !reflect.DeepEqual(c.Exceptions, ex) {
 			rt.log.Warn("changes to [exceptions] take effect at the next restart")
 		}
 	})
-	rt.log.Info("exception register open", "store", ex.Store, "audit_log", ex.AuditLog,
+	audit := ex.AuditLog
+	if ex.Postgres() {
+		audit = "(in the database)"
+	}
+	rt.log.Info("exception register open", "store", storeName(ex), "audit_log", audit,
 		"grants", len(m.last), "grant_poll", ex.GrantPoll.String())
 	return nil
 }
 
-// exceptionsRunner polls the register for grant changes.
+// exceptionsRunner installs the register's grants and runs retention.
 type exceptionsRunner struct {
 	rt  *runtime
 	ex  *config.ExceptionsSection
@@ -124,42 +131,22 @@ type exceptionsRunner struct {
 	lastPurg time.Time
 }
 
-func (m *exceptionsRunner) run(ctx context.Context) {
-	t := time.NewTicker(m.ex.GrantPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		err := m.poll(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		m.mu.Lock()
-		changed := (err == nil) != (m.lastErr == nil) || (err != nil && err.Error() != m.lastErr.Error())
-		m.lastErr = err
-		m.mu.Unlock()
-		if changed && err != nil {
-			m.rt.log.Error("exception register unavailable", "error", err)
-		} else if changed {
-			m.rt.log.Info("exception register available again")
-		}
-		m.retention(ctx)
-	}
-}
-
-// poll expires ended grants and installs the snapshot when it changed.
+// poll reads the register once (before the front-ends start) and installs
+// the grants.
 func (m *exceptionsRunner) poll(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	grants, _, err := m.reg.Refresh(ctx, m.rt.now())
-	if grants == nil && err != nil {
-		return err
+	if grants != nil {
+		m.apply(grants)
 	}
+	return err
+}
+
+// apply installs the grants when they changed.
+func (m *exceptionsRunner) apply(grants []policy.Grant) {
 	m.mu.Lock()
-	same := slices.EqualFunc(grants, m.last, equalGrant)
+	same := slices.EqualFunc(grants, m.last, exceptions.EqualGrant)
 	if !same {
 		m.last = grants
 	}
@@ -168,7 +155,6 @@ func (m *exceptionsRunner) poll(ctx context.Context) error {
 		m.rt.SetGrants(grants)
 		m.rt.log.Info("exception grants updated", "grants", len(grants))
 	}
-	return err
 }
 
 // retention purges decided requests older than [exceptions] retention,
@@ -185,9 +171,4 @@ func (m *exceptionsRunner) retention(ctx context.Context) {
 	} else if len(ids) > 0 {
 		m.rt.log.Info("exception requests purged (retention)", "count", len(ids), "retention", m.ex.Retention.String())
 	}
-}
-
-func equalGrant(a, b policy.Grant) bool {
-	return a.ID == b.ID && a.Subject == b.Subject && a.User == b.User && slices.Equal(a.Services, b.Services) &&
-		a.NotBefore.Equal(b.NotBefore) && a.NotAfter.Equal(b.NotAfter)
 }

@@ -230,10 +230,16 @@ func reasonText(d policy.Decision) string {
 
 // liveGrants reads the grants in force at at from the register's store,
 // read-only (a running serve may hold it).
-func liveGrants(path string, at time.Time) ([]policy.Grant, error) {
+func liveGrants(ex *config.ExceptionsSection, at time.Time) ([]policy.Grant, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	st, err := exceptions.OpenSQLiteReadOnly(ctx, path)
+	var st exceptions.Store
+	var err error
+	if ex.Postgres() {
+		st, err = openPostgres(ctx, ex.Store, ex.StorePasswordFile, "balise-explain", true)
+	} else {
+		st, err = exceptions.OpenSQLiteReadOnly(ctx, ex.Store)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -299,7 +305,7 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	case *offline:
 		source = "offline"
 	case cfg.Exceptions != nil:
-		grants, err := liveGrants(cfg.Exceptions.Store, at)
+		grants, err := liveGrants(cfg.Exceptions, at)
 		switch {
 		case errors.Is(err, exceptions.ErrNoStore):
 		case err != nil:

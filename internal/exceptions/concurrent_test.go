@@ -37,37 +37,39 @@ func countEvents(t *testing.T, path string) int64 {
 }
 
 func TestConcurrentAppendsGoroutines(t *testing.T) {
-	// Two registers on one store and log (as serve and the command line
-	// are), each with several goroutines, never fork the chain.
-	ctx := context.Background()
-	e := newEnv(t, func(o *Options) { o.MaxPendingPerClient, o.MaxPerDayPerClient = -1, -1 })
-	other := e.open(t, func(o *Options) { o.MaxPendingPerClient, o.MaxPerDayPerClient = -1, -1 })
-	const per = 10
-	var wg sync.WaitGroup
-	errs := make(chan error, 4*per)
-	for g, r := range []*Register{e.reg, e.reg, other, other} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < per; i++ {
-				_, err := r.Submit(ctx, sub(fmt.Sprintf("10.%d.0.%d", g, i+1), "facebook", justification(i)))
-				if err != nil {
-					errs <- err
+	eachStore(t, func(t *testing.T, newEnv envFunc) {
+		// Two registers on one store and log (as serve and the command line
+		// are), each with several goroutines, never fork the chain.
+		ctx := context.Background()
+		e := newEnv(t, func(o *Options) { o.MaxPendingPerClient, o.MaxPerDayPerClient = -1, -1 })
+		other := e.open(t, func(o *Options) { o.MaxPendingPerClient, o.MaxPerDayPerClient = -1, -1 })
+		const per = 10
+		var wg sync.WaitGroup
+		errs := make(chan error, 4*per)
+		for g, r := range []*Register{e.reg, e.reg, other, other} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < per; i++ {
+					_, err := r.Submit(ctx, sub(fmt.Sprintf("10.%d.0.%d", g, i+1), "facebook", justification(i)))
+					if err != nil {
+						errs <- err
+					}
 				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("Submit: %v", err)
-	}
-	if n := countEvents(t, e.log); n != 4*per {
-		t.Fatalf("log has %d events, want %d", n, 4*per)
-	}
-	if err := other.Verify(ctx); err != nil {
-		t.Fatalf("Verify = %v", err)
-	}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("Submit: %v", err)
+		}
+		if n := len(e.events(t)); n != 4*per {
+			t.Fatalf("log has %d events, want %d", n, 4*per)
+		}
+		if err := other.Verify(ctx); err != nil {
+			t.Fatalf("Verify = %v", err)
+		}
+	})
 }
 
 // TestHelperProcess is run as a child process by

@@ -7,8 +7,6 @@ import (
 	"net/netip"
 	"strings"
 	"time"
-
-	"github.com/balise-net/balise/internal/policy"
 )
 
 // Approval is the officer's approval of a request.
@@ -150,91 +148,6 @@ type Stats struct {
 	ActiveGrants int
 }
 
-// Refresh is the server's periodic task: it marks grants that ended by
-// now as expired (one expired event each), updates the gauges, and
-// returns the grants to hand to the policy engine. When the expiry events
-// cannot be written (a damaged audit log), Refresh still returns the
-// grants in force, which never include ended ones, with the error. The
-// grants are nil only when nothing could be read.
-func (r *Register) Refresh(ctx context.Context, now time.Time) ([]policy.Grant, Stats, error) {
-	var ended []string
-	err := r.opt.Store.View(ctx, func(tx ReadTx) error {
-		reqs, err := tx.Requests(Filter{Status: StatusApproved})
-		for _, q := range reqs {
-			if q.Grant != nil && !now.Before(q.Grant.NotAfter) {
-				ended = append(ended, q.ID)
-			}
-		}
-		return err
-	})
-	if err != nil {
-		return nil, Stats{}, err
-	}
-	var expireErr error
-	if len(ended) > 0 {
-		expireErr = r.update(ctx, func(tx Tx, _ time.Time) ([]Event, error) {
-			var events []Event
-			for _, id := range ended {
-				q, err := tx.Request(id)
-				if errors.Is(err, ErrNotFound) {
-					continue
-				}
-				if err != nil {
-					return nil, err
-				}
-				if q.Status != StatusApproved || now.Before(q.Grant.NotAfter) {
-					continue // decided meanwhile by another process
-				}
-				q.Status = StatusExpired
-				if err := tx.PutRequest(q); err != nil {
-					return nil, err
-				}
-				events = append(events, Event{Event: EventExpired, ID: q.ID, Client: q.Client.String(),
-					Services: q.Services, NotAfter: formatTime(q.Grant.NotAfter), Actor: "balise"})
-			}
-			return events, nil
-		})
-	}
-	var st Stats
-	grants := []policy.Grant{} // non-nil even when empty: a computed snapshot
-	err = r.opt.Store.View(ctx, func(tx ReadTx) error {
-		pend, err := tx.Requests(Filter{Status: StatusPending})
-		if err != nil {
-			return err
-		}
-		st.Pending = len(pend)
-		if len(pend) > 0 {
-			st.OldestPending = pend[0].Created
-		}
-		for _, q := range pend {
-			if now.Sub(q.Created) > r.opt.PendingAlertAfter {
-				st.Overdue++
-			}
-		}
-		appr, err := tx.Requests(Filter{Status: StatusApproved})
-		if err != nil {
-			return err
-		}
-		for _, q := range appr {
-			if g := q.Grant; g != nil && g.Revoked.IsZero() && now.Before(g.NotAfter) {
-				grants = append(grants, g.Policy())
-				if g.Active(now) {
-					st.ActiveGrants++
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, Stats{}, err
-	}
-	r.metrics.observe(st, now)
-	if expireErr != nil {
-		return grants, st, fmt.Errorf("recording expired grants: %w", expireErr)
-	}
-	return grants, st, nil
-}
-
 // Purge deletes decided requests created before now-olderThan (pending
 // requests and unexpired grants stay) and records one purged event naming
 // by, even when nothing was deleted.
@@ -246,8 +159,12 @@ func (r *Register) Purge(ctx context.Context, olderThan time.Duration, by string
 }
 
 // PurgeExpired is the server's retention task: Purge by "balise
-// (retention)", recorded only when it deleted something.
+// (retention)", recorded only when it deleted something. On a store shared
+// by several nodes only the leader purges; the others return nil, nil.
 func (r *Register) PurgeExpired(ctx context.Context, olderThan time.Duration) ([]string, error) {
+	if !r.leader(ctx) {
+		return nil, nil
+	}
 	return r.purge(ctx, olderThan, "balise (retention)", false)
 }
 

@@ -10,9 +10,19 @@
 //     embedded SQLite database in WAL mode with immediate transactions and
 //     synchronous commits, so `balise serve` and `balise exceptions` share one
 //     file safely.
+//   - OpenPostgres implements it on a PostgreSQL database shared by several
+//     Balise nodes: Updates are serialized by an advisory lock, the audit
+//     chain is kept in the database (one chain for every node), every change
+//     carries a commit-ordered change version and rings a LISTEN/NOTIFY
+//     doorbell, and one node at a time (the holder of a session advisory
+//     lock) writes expiry and retention events. Connection losses surface as
+//     ErrUnavailable.
 //   - Register is the register's logic: Submit, Approve, Deny, Revoke,
-//     Refresh (grant expiry), Purge, Export and Verify. Every change appends
-//     one event line to the audit log inside the same store transaction.
+//     Refresh (grant expiry), Purge, Export, Verify and MigrateTo. Every
+//     change appends one event line to the audit log inside the same store
+//     transaction. Follow keeps a node's grants current (the doorbell, and a
+//     periodic read of what changed since the last version seen); the grants
+//     last read stay in force while the store is unreachable (Grants).
 //   - Web renders the request form shown on block pages and answers the
 //     reserved path /.balise/ where the form posts.
 //
@@ -25,6 +35,12 @@
 // line's own bytes up to the hash field, closed with "}"). Editing a byte,
 // deleting, inserting or reordering lines breaks the chain at the first line
 // touched; Verify names that line (1-based).
+//
+// With PostgreSQL the lines are rows of audit_events (seq, prev, hash and
+// the line itself, byte for byte as in the file) and the head is the row
+// of audit_head, both written in the change's transaction: there is no
+// file, no recovery to do, and Verify reads the rows (Line is then the
+// event's seq). The rest of this section is about the file.
 //
 // Appending is serialized across processes: the chain head (seq, hash, the
 // offset and size of the last line) is kept in the store, and an append runs

@@ -19,7 +19,14 @@ import (
 // removed from or added at the end), and that every stored request still
 // has the digest its request_received line recorded (the store was not
 // edited). The error names the first bad line.
+//
+// With a store that keeps the chain (PostgreSQL) the same checks run on
+// the stored events; ChainError.Path is then "audit_events" and Line the
+// event's seq.
 func (r *Register) Verify(ctx context.Context) error {
+	if keepsChain(r.opt.Store) {
+		return r.verifyStored(ctx)
+	}
 	path := r.opt.AuditLog
 	fileHead, err := verifyFile(path)
 	if err != nil {
@@ -46,32 +53,17 @@ func (r *Register) Verify(ctx context.Context) error {
 	case fileHead.Hash != head.Hash:
 		return &ChainError{path, int(head.Seq), "differs from the last line the register recorded (the log was rewritten)"}
 	}
-	digests := map[string]struct {
-		digest string
-		line   int
-	}{}
+	digests := map[string]digestAt{}
 	err = readEvents(path, func(n int, e Event) error {
 		if e.Event == EventReceived {
-			digests[e.ID] = struct {
-				digest string
-				line   int
-			}{e.Digest, n}
+			digests[e.ID] = digestAt{e.Digest, n}
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	for _, q := range reqs {
-		d, ok := digests[q.ID]
-		if !ok {
-			return fmt.Errorf("%s: request %s is in the register but the log has no request_received line for it", path, q.ID)
-		}
-		if d.digest != q.Digest() {
-			return &ChainError{path, d.line, fmt.Sprintf("request %s in the register differs from what this line recorded (the register was edited)", q.ID)}
-		}
-	}
-	return nil
+	return checkDigests(path, reqs, digests)
 }
 
 // readEvents calls fn for every line of the log (1-based line numbers).
@@ -114,11 +106,17 @@ func (r *Register) Export(ctx context.Context, w io.Writer, format string, since
 	if err := checkOfficer(by); err != nil {
 		return 0, err
 	}
-	if err := Verify(r.opt.AuditLog); err != nil {
+	var err error
+	if keepsChain(r.opt.Store) {
+		err = r.verifyStored(ctx)
+	} else {
+		err = Verify(r.opt.AuditLog)
+	}
+	if err != nil {
 		return 0, fmt.Errorf("refusing to export a broken log: %w", err)
 	}
 	var events []Event
-	err := readEvents(r.opt.AuditLog, func(_ int, e Event) error {
+	err = r.eachEvent(ctx, func(_ int, e Event) error {
 		if !since.IsZero() {
 			t, err := time.Parse(time.RFC3339Nano, e.Time)
 			if err == nil && t.Before(since) {

@@ -36,6 +36,7 @@ func (c *fakeClock) Add(d time.Duration) {
 
 type testEnv struct {
 	dir, db, log string
+	url          string // a PostgreSQL store's URL ("" for SQLite)
 	clock        *fakeClock
 	reg          *Register
 }
@@ -52,9 +53,15 @@ func newEnv(t testing.TB, mod func(*Options)) *testEnv {
 // open opens another Register on the same files (another "process").
 func (e *testEnv) open(t testing.TB, mod func(*Options)) *Register {
 	t.Helper()
-	st, err := OpenSQLite(context.Background(), e.db)
-	if err != nil {
-		t.Fatalf("OpenSQLite: %v", err)
+	var st Store
+	if e.url != "" {
+		st = openPG(t, e.url)
+	} else {
+		s, err := OpenSQLite(context.Background(), e.db)
+		if err != nil {
+			t.Fatalf("OpenSQLite: %v", err)
+		}
+		st = s
 	}
 	opt := Options{Store: st, CloseStore: true, AuditLog: e.log, Clock: e.clock.Now}
 	if mod != nil {
@@ -91,3 +98,13 @@ func (e *testEnv) mustSubmit(t *testing.T, s Submission) Receipt {
 }
 
 func newRegistry() *prometheus.Registry { return prometheus.NewRegistry() }
+
+// events returns the register's audit events (from the file or the store).
+func (e *testEnv) events(t testing.TB) []Event {
+	t.Helper()
+	var out []Event
+	if err := e.reg.eachEvent(context.Background(), func(_ int, ev Event) error { out = append(out, ev); return nil }); err != nil {
+		t.Fatalf("reading the audit events: %v", err)
+	}
+	return out
+}

@@ -26,13 +26,18 @@ type Metrics struct {
 	grantsActive  prometheus.Gauge
 	auditErrors   prometheus.Counter
 	notifyErrors  prometheus.Counter
+	storeUp       prometheus.Gauge
+	unavailable   prometheus.Counter
+	leader        prometheus.Gauge
 }
 
 // NewMetrics creates the register's metrics on reg:
 // balise_exceptions_requests_total{result}, balise_exceptions_pending,
 // balise_exceptions_oldest_pending_age_seconds,
-// balise_exceptions_pending_overdue, balise_exceptions_grants_active, balise_exceptions_audit_write_errors_total
-// and balise_exceptions_notify_failures_total.
+// balise_exceptions_pending_overdue, balise_exceptions_grants_active,
+// balise_exceptions_audit_write_errors_total,
+// balise_exceptions_notify_failures_total, balise_exceptions_store_up,
+// balise_exceptions_store_unavailable_total and balise_exceptions_leader.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{}
 	reqs := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -66,7 +71,20 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		Name: "balise_exceptions_notify_failures_total",
 		Help: "New-request notifications that failed after every retry, or were dropped because the queue was full.",
 	})
-	for _, c := range []prometheus.Collector{reqs, m.pending, m.oldestPending, m.overdue, m.grantsActive, m.auditErrors, m.notifyErrors} {
+	m.storeUp = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "balise_exceptions_store_up",
+		Help: "1 when the last read of the exception register's store succeeded, 0 while it is unreachable (the last grants known stay in force).",
+	})
+	m.unavailable = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "balise_exceptions_store_unavailable_total",
+		Help: "Register writes (requests, decisions, expiries) refused because the store could not be reached.",
+	})
+	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "balise_exceptions_leader",
+		Help: "1 when this node writes the register's expiry and retention events (always with an embedded store; one node at a time with PostgreSQL).",
+	})
+	for _, c := range []prometheus.Collector{reqs, m.pending, m.oldestPending, m.overdue, m.grantsActive, m.auditErrors,
+		m.notifyErrors, m.storeUp, m.unavailable, m.leader} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -23,7 +24,8 @@ type Options struct {
 	Store Store
 	// CloseStore makes Close close Store too.
 	CloseStore bool
-	// AuditLog is the audit log's path. Required.
+	// AuditLog is the audit log's path. Required, except with a store that
+	// keeps the audit chain itself (PostgreSQL), where it is ignored.
 	AuditLog string
 	// Durations are the durations a requester may choose. Empty: 1h, 4h,
 	// 1 day, 7 days.
@@ -52,6 +54,13 @@ type Options struct {
 	// PendingAlertAfter is the age past which a pending request counts as
 	// overdue (balise_exceptions_pending_overdue). Zero: 24 hours.
 	PendingAlertAfter time.Duration
+	// Logger receives Follow's messages (store lost and back, the chain
+	// head). Nil: discarded.
+	Logger *slog.Logger
+	// ChainLogInterval is how often Follow logs the audit chain's head, so
+	// that a rewrite of the register shows against what a log collector
+	// kept. Zero: 10 minutes. Negative: never.
+	ChainLogInterval time.Duration
 }
 
 // DefaultDurations are the durations offered when none are configured.
@@ -64,12 +73,13 @@ type Register struct {
 	metrics *Metrics
 	now     func() time.Time
 	mu      sync.Mutex // serializes this process's appenders before the store lock
+	cache   cache      // open requests, for grants that survive a store outage
 }
 
 // Open returns a Register on opt.Store. It does not touch the audit log:
 // call Repair next.
 func Open(ctx context.Context, opt Options) (*Register, error) {
-	if opt.Store == nil || opt.AuditLog == "" {
+	if opt.Store == nil || (opt.AuditLog == "" && !keepsChain(opt.Store)) {
 		return nil, errors.New("exceptions: Store and AuditLog are required")
 	}
 	if len(opt.Durations) == 0 {
@@ -92,6 +102,12 @@ func Open(ctx context.Context, opt Options) (*Register, error) {
 	}
 	if opt.Registerer == nil {
 		opt.Registerer = prometheus.NewRegistry()
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.ChainLogInterval == 0 {
+		opt.ChainLogInterval = 10 * time.Minute
 	}
 	r := &Register{opt: opt, now: opt.Clock}
 	if r.now == nil {
@@ -127,6 +143,9 @@ func (r *Register) Metrics() *Metrics { return r.metrics }
 // first bad line. Every write repairs too, so calling Repair is only
 // needed to learn early about a damaged log.
 func (r *Register) Repair(ctx context.Context) error {
+	if keepsChain(r.opt.Store) {
+		return r.checkStoredHead(ctx)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.opt.Store.Update(ctx, func(tx Tx) error {
@@ -160,6 +179,11 @@ func (r *Register) update(ctx context.Context, fn func(tx Tx, now time.Time) ([]
 		if err != nil {
 			return err
 		}
+		if ct, ok := tx.(chainTx); ok {
+			err := appendStored(ct, h, events, now)
+			auditErr = errors.Is(err, ErrAudit)
+			return err
+		}
 		a, err := lockAudit(r.opt.AuditLog, r.opt.LockWait)
 		if err != nil {
 			auditErr = true
@@ -182,6 +206,10 @@ func (r *Register) update(ctx context.Context, fn func(tx Tx, now time.Time) ([]
 	})
 	if auditErr {
 		r.metrics.auditErrors.Inc()
+	}
+	if errors.Is(err, ErrUnavailable) {
+		r.metrics.unavailable.Inc()
+		r.metrics.storeUp.Set(0)
 	}
 	return err
 }
@@ -213,7 +241,8 @@ type Receipt struct {
 // returns nil, the request is committed to the store and its
 // request_received line is fsynced to the audit log. Errors: a
 // *FieldError for invalid input, a *LimitError (ErrRateLimited) when a
-// per-client limit is reached, other errors when it could not be stored.
+// per-client limit is reached, ErrUnavailable when the store cannot be
+// reached (nothing was recorded), other errors when it could not be stored.
 func (r *Register) Submit(ctx context.Context, s Submission) (Receipt, error) {
 	if err := r.validate(&s); err != nil {
 		r.metrics.requests[resultRejected].Inc()

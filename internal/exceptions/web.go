@@ -335,6 +335,12 @@ func (w *Web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		rw.Header().Set("Retry-After", "3600")
 		w.write(rw, answer{Status: http.StatusTooManyRequests, TitleFR: "Trop de demandes", TitleEN: "Too many requests",
 			FR: []string{"La demande n'a pas été enregistrée.", fr}, EN: []string{"The request was not recorded.", en}})
+	case errors.Is(err, ErrUnavailable):
+		w.opt.Logger.Error("exception request not recorded: register unavailable", "client", addr, "err", err)
+		rw.Header().Set("Retry-After", "60")
+		w.fail(rw, http.StatusServiceUnavailable, "Service temporairement indisponible", "Temporarily unavailable",
+			"La demande n'a pas été enregistrée : le registre des exceptions est temporairement indisponible. Réessayez dans quelques minutes.",
+			"The request was not recorded: the exception register is temporarily unavailable. Try again in a few minutes.")
 	case err != nil:
 		w.opt.Logger.Error("exception request not recorded", "client", addr, "err", err)
 		rw.Header().Set("Retry-After", "60")
