@@ -40,6 +40,7 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	defer ad.Close() // the domain controller of the identity tests, if one started
 	baliseBin = filepath.Join(dir, "balise")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -1,0 +1,426 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"html"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// End-to-end tests of identity: the release binary against a real Samba
+// AD domain controller (internal/adtest), with MIT kinit, curl
+// --proxy-negotiate, dig and headless Chromium. Every test starts its own
+// Balise (bindings live in memory) on the one DC of the test binary.
+
+// idBlockPage reports whether body is Balise's block page for the
+// service named display (it carries the request form).
+func idBlockPage(body, display string) bool {
+	return strings.Contains(body, display) && strings.Contains(body, `action="/.balise/request"`) &&
+		!strings.Contains(body, "hello from")
+}
+
+// idHello reports whether body is the test origin's page for host.
+func idHello(body, host string) bool { return strings.Contains(body, "hello from "+host) }
+
+// TestIdentityProxy: from one workstation address, alice (in a group
+// nested in the authorized one) reaches the listed service over HTTP and
+// CONNECT; bob gets the block page (403; a refused CONNECT without
+// [proxy.tls]); without credentials an unlisted host is never challenged,
+// a listed host whose verdict depends on who asks gets a 407 Negotiate
+// whose body is the block page, and a listed host blocked for everyone
+// gets the 403 at once.
+func TestIdentityProxy(t *testing.T) {
+	requireTool(t, "curl")
+	d := idSetup(t)
+	s := idStartSites(t)
+	in := d.start(t, s, idOptions{})
+	alice, bob := d.login(t, "alice"), d.login(t, "bob")
+	social := "http://www.social.test:" + s.httpPort + "/"
+	socialTLS := "https://www.social.test:" + s.tlsPort + "/"
+	intranet := "http://www.intranet.test:" + s.httpPort + "/"
+	intranetTLS := "https://www.intranet.test:" + s.tlsPort + "/"
+	const ws = "127.0.0.1"
+
+	t.Run("alice HTTP", func(t *testing.T) {
+		r := d.curl(t, in, ws, &alice, social)
+		if r.Code != http.StatusOK || !idHello(r.Body, "www.social.test") {
+			t.Errorf("alice GET %s: %v\nwant 200 from the origin", social, r)
+		}
+	})
+	t.Run("alice CONNECT", func(t *testing.T) {
+		r := d.curl(t, in, ws, &alice, socialTLS)
+		if r.Connect != http.StatusOK || r.Code != http.StatusOK || !idHello(r.Body, "www.social.test") {
+			t.Errorf("alice CONNECT %s: %v\nwant the tunnel and 200 from the origin", socialTLS, r)
+		}
+	})
+	t.Run("bob HTTP", func(t *testing.T) {
+		r := d.curl(t, in, ws, &bob, social)
+		if r.Code != http.StatusForbidden || !idBlockPage(r.Body, "Social Test") {
+			t.Errorf("bob GET %s: %v\nwant 403 and the block page", social, r)
+		}
+	})
+	t.Run("bob CONNECT", func(t *testing.T) {
+		r := d.curl(t, in, ws, &bob, socialTLS)
+		if r.Connect != http.StatusForbidden || idHello(r.Body, "www.social.test") {
+			t.Errorf("bob CONNECT %s: %v\nwant the CONNECT refused with 403", socialTLS, r)
+		}
+	})
+	t.Run("unlisted without credentials", func(t *testing.T) {
+		for _, u := range []string{intranet, intranetTLS} {
+			r := d.curl(t, in, ws, nil, u)
+			if r.Code != http.StatusOK || !idHello(r.Body, "www.intranet.test") || r.ProxyAuthenticate() || r.Connect == http.StatusProxyAuthRequired {
+				t.Errorf("GET %s without credentials: %v\nwant 200 and no challenge", u, r)
+			}
+		}
+	})
+	t.Run("listed without credentials", func(t *testing.T) {
+		r := d.curl(t, in, ws, nil, social)
+		if r.Code != http.StatusProxyAuthRequired || !r.HasNegotiateChallenge() || !idBlockPage(r.Body, "Social Test") {
+			t.Errorf("GET %s without credentials: %v\nwant 407, Proxy-Authenticate: Negotiate and the block page", social, r)
+		}
+		r = d.curl(t, in, ws, nil, socialTLS)
+		if r.Connect != http.StatusProxyAuthRequired || !r.HasNegotiateChallenge() || idHello(r.Body, "www.social.test") {
+			t.Errorf("CONNECT %s without credentials: %v\nwant 407 and Proxy-Authenticate: Negotiate", socialTLS, r)
+		}
+	})
+	t.Run("listed for nobody", func(t *testing.T) {
+		// blog.test is listed and no rule names a user or a directory
+		// group for it: who asks cannot change its verdict.
+		u := "http://www.blog.test:" + s.httpPort + "/"
+		r := d.curl(t, in, ws, nil, u)
+		if r.Code != http.StatusForbidden || r.ProxyAuthenticate() || !idBlockPage(r.Body, "Blog Test") {
+			t.Errorf("GET %s without credentials: %v\nwant 403 and the block page, no challenge", u, r)
+		}
+	})
+	// Unlisted traffic is never logged, even when the client sent a
+	// token of its own accord (curl does).
+	if r := d.curl(t, in, ws, &alice, intranet); r.Code != http.StatusOK {
+		t.Errorf("alice GET %s: %v", intranet, r)
+	}
+	if l := idDecisions(in, 0, "www.intranet.test"); len(l) != 0 {
+		t.Errorf("decision lines for an unlisted host: %v", l)
+	}
+}
+
+// TestIdentityDNS: the DNS filter decides for the one user bound to an
+// address (alice, after she authenticated through the proxy from it),
+// falls back to the network groups once a second user (bob) has
+// authenticated there (shared_after = 2), and decides an address nobody
+// authenticated from by its network groups alone.
+func TestIdentityDNS(t *testing.T) {
+	requireTool(t, "curl")
+	requireTool(t, "dig")
+	d := idSetup(t)
+	s := idStartSites(t)
+	in := d.start(t, s, idOptions{})
+	alice, bob := d.login(t, "alice"), d.login(t, "bob")
+	social := "http://www.social.test:" + s.httpPort + "/"
+	const ws, name = "127.0.0.1", "www.social.test"
+
+	resolves := func(src string) bool {
+		t.Helper()
+		a, rcode := idDig(t, in, src, name)
+		return rcode == "NOERROR" && slices.Contains(a, "127.0.0.1")
+	}
+	if resolves(ws) {
+		t.Fatalf("%s resolves from %s before anyone authenticated there", name, ws)
+	}
+	if !resolves("127.0.0.4") {
+		t.Fatalf("%s does not resolve from 127.0.0.4, whose network group is allowed", name)
+	}
+	if r := d.curl(t, in, ws, &alice, social); r.Code != http.StatusOK {
+		t.Fatalf("alice through the proxy: %v", r)
+	}
+	if !resolves(ws) {
+		a, rc := idDig(t, in, ws, name)
+		t.Fatalf("after alice authenticated from %s, %s = %s %v, want 127.0.0.1 (allowed for her)", ws, name, rc, a)
+	}
+	if resolves("127.0.0.2") {
+		t.Errorf("%s resolves from 127.0.0.2, where nobody authenticated (network groups: blocked)", name)
+	}
+	if r := d.curl(t, in, ws, &bob, social); r.Code != http.StatusForbidden {
+		t.Fatalf("bob through the proxy: %v", r)
+	}
+	if resolves(ws) {
+		t.Errorf("after bob also authenticated from %s (shared_after = 2), %s still resolves: want the network decision (blocked)", ws, name)
+	}
+	if !resolves("127.0.0.4") {
+		t.Errorf("127.0.0.4 (network group) no longer resolves %s", name)
+	}
+	// The proxy still decides per connection on the shared address.
+	if r := d.curl(t, in, ws, &alice, social); r.Code != http.StatusOK {
+		t.Errorf("alice through the proxy on the shared address: %v", r)
+	}
+}
+
+// TestIdentityGrantFollowsUser: alice asks for videotest from the block
+// page over her authenticated connection; the register records her; a
+// grant to the person (--subject user) lets her reach it from another
+// workstation, through the proxy and, once she authenticated there,
+// through DNS; bob and the first workstation's other users stay blocked.
+func TestIdentityGrantFollowsUser(t *testing.T) {
+	requireTool(t, "curl")
+	requireTool(t, "dig")
+	d := idSetup(t)
+	s := idStartSites(t)
+	in := d.start(t, s, idOptions{})
+	alice, bob := d.login(t, "alice"), d.login(t, "bob")
+	video := "http://www.video.test:" + s.httpPort + "/"
+
+	r := d.curl(t, in, "127.0.0.1", &alice, video)
+	m := exTokenRE.FindStringSubmatch(r.Body)
+	if r.Code != http.StatusForbidden || m == nil || !idBlockPage(r.Body, "Video Test") {
+		t.Fatalf("alice GET %s: %v\nwant 403 and the block page with its form", video, r)
+	}
+	r = d.curl(t, in, "127.0.0.1", &alice, video+".balise/request",
+		"--data-urlencode", "service=videotest", "--data-urlencode", "host=www.video.test",
+		"--data-urlencode", "token="+html.UnescapeString(m[1]), "--data-urlencode", "lang=fr",
+		"--data-urlencode", "name=Alice Tremblay", "--data-urlencode", "contact=poste 4321",
+		"--data-urlencode", "justification=Vidéos de la campagne de vaccination pour le site web",
+		"--data-urlencode", "duration=4h")
+	if r.Code != http.StatusOK || !strings.Contains(r.Body, "EX-0001") {
+		t.Fatalf("alice's request: %v\nwant 200 with EX-0001", r)
+	}
+	list := exList(t, in.ConfigPath)
+	if len(list) != 1 || list[0].User == nil || !strings.EqualFold(*list[0].User, "alice") {
+		t.Fatalf("list --json = %+v\nwant EX-0001 recorded for user alice", list)
+	}
+	if out, errOut, code := exCLI(t, in.ConfigPath, "approve", "EX-0001", "--for", "4h", "--by", "RSI Dupont", "--subject", "user"); code != 0 {
+		t.Fatalf("approve --subject user = %d\n%s%s", code, out, errOut)
+	}
+	exEventually(t, "alice from 127.0.0.3 after the grant", func() error {
+		r := d.curl(t, in, "127.0.0.3", &alice, video)
+		if r.Code != http.StatusOK || !idHello(r.Body, "www.video.test") {
+			return fmt.Errorf("%v", r)
+		}
+		return nil
+	})
+	if a, rc := idDig(t, in, "127.0.0.3", "www.video.test"); rc != "NOERROR" || !slices.Contains(a, "127.0.0.1") {
+		t.Errorf("DNS from 127.0.0.3, where alice authenticated: %s %v, want her grant to resolve it", rc, a)
+	}
+	if r := d.curl(t, in, "127.0.0.5", &bob, video); r.Code != http.StatusForbidden {
+		t.Errorf("bob from 127.0.0.5: %v\nwant 403: the grant is alice's", r)
+	}
+	if a, rc := idDig(t, in, "127.0.0.5", "www.video.test"); rc == "NOERROR" && len(a) > 0 {
+		t.Errorf("DNS from 127.0.0.5 (bob's): %s %v, want blocked", rc, a)
+	}
+	if r := d.curl(t, in, "127.0.0.6", nil, video); r.Code != http.StatusProxyAuthRequired {
+		t.Errorf("no credentials from 127.0.0.6: %v\nwant 407 (a grant to a person is no grant to an address)", r)
+	}
+}
+
+// TestIdentityDirectoryDown: with the DC stopped, alice keeps her cached
+// memberships (proxy and DNS); balise_directory_up goes to 0, the contact
+// age grows and stale lookups are counted; a user never looked up is
+// decided on network groups (blocked) promptly, and within
+// directory.timeout when the DC hangs instead; the DC back, lookups
+// succeed again.
+func TestIdentityDirectoryDown(t *testing.T) {
+	requireTool(t, "curl")
+	requireTool(t, "dig")
+	requireTool(t, "kvno")
+	d := idSetup(t)
+	s := idStartSites(t)
+	const timeout = 1500 * time.Millisecond
+	in := d.start(t, s, idOptions{CacheTTL: "2s", Timeout: timeout.String()})
+	alice, carol, dave := d.login(t, "alice"), d.login(t, "carol"), d.login(t, "dave")
+	// Carol and dave get their ticket for the proxy while the KDC runs.
+	d.serviceTicket(t, carol)
+	d.serviceTicket(t, dave)
+	social := "http://www.social.test:" + s.httpPort + "/"
+
+	if r := d.curl(t, in, "127.0.0.1", &alice, social); r.Code != http.StatusOK {
+		t.Fatalf("alice with the DC up: %v", r)
+	}
+	if v := idMetric(in, "balise_directory_up"); v != 1 {
+		t.Fatalf("balise_directory_up = %v with the DC up, want 1", v)
+	}
+
+	d.dc.Stop()
+	t.Cleanup(func() { d.dc.Start() })
+	stopped := time.Now()
+	time.Sleep(2500 * time.Millisecond) // past cache_ttl: alice's entry must be asked again
+	staleBefore := idMetric(in, "balise_directory_lookups_total", "result=stale")
+	if r := d.curl(t, in, "127.0.0.1", &alice, social); r.Code != http.StatusOK || !idHello(r.Body, "www.social.test") {
+		t.Errorf("alice with the DC stopped: %v\nwant 200 on her cached memberships", r)
+	}
+	if a, rc := idDig(t, in, "127.0.0.1", "www.social.test"); rc != "NOERROR" || !slices.Contains(a, "127.0.0.1") {
+		t.Errorf("DNS for alice's address with the DC stopped: %s %v, want allowed", rc, a)
+	}
+	exEventually(t, "balise_directory_up with the DC stopped", func() error {
+		if v := idMetric(in, "balise_directory_up"); v != 0 {
+			return fmt.Errorf("balise_directory_up = %v, want 0", v)
+		}
+		return nil
+	})
+	if v := idMetric(in, "balise_directory_lookups_total", "result=stale"); v <= staleBefore {
+		t.Errorf("balise_directory_lookups_total{result=\"stale\"} = %v, was %v: the stale answer was not counted", v, staleBefore)
+	}
+	age1 := idMetric(in, "balise_directory_contact_age_seconds")
+	time.Sleep(1100 * time.Millisecond)
+	age2 := idMetric(in, "balise_directory_contact_age_seconds")
+	if age1 < time.Since(stopped).Seconds()-1.2 || age2 < age1+1 {
+		t.Errorf("balise_directory_contact_age_seconds = %v then %v, %v after the DC stopped: want it to grow with the outage", age1, age2, time.Since(stopped))
+	}
+
+	// Carol, never looked up, with the DC stopped (connections refused).
+	r := d.curl(t, in, "127.0.0.7", &carol, social)
+	t.Logf("carol's first request with the DC stopped: %d in %v", r.Code, r.Elapsed)
+	if r.Code != http.StatusForbidden || !idBlockPage(r.Body, "Social Test") || r.Elapsed > timeout+2*time.Second {
+		t.Errorf("carol with the DC stopped: %v in %v\nwant 403 (network groups) within directory.timeout (%v)", r, r.Elapsed, timeout)
+	}
+
+	// The DC back, then hanging (SIGSTOP): dave, never looked up, is
+	// decided when the timeout runs out.
+	if err := d.dc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exEventually(t, "balise_directory_up after the DC restarted", func() error {
+		time.Sleep(500 * time.Millisecond)
+		d.curl(t, in, "127.0.0.1", &alice, social)
+		if v := idMetric(in, "balise_directory_up"); v != 1 {
+			return fmt.Errorf("balise_directory_up = %v, want 1", v)
+		}
+		return nil
+	})
+	d.dc.Pause()
+	t.Cleanup(d.dc.Resume)
+	r = d.curl(t, in, "127.0.0.8", &dave, social)
+	d.dc.Resume()
+	t.Logf("dave's first request with the DC hanging: %d in %v", r.Code, r.Elapsed)
+	if r.Code != http.StatusForbidden || r.Elapsed > timeout+2*time.Second {
+		t.Errorf("dave with the DC hanging: %v in %v\nwant 403 (network groups) within directory.timeout (%v)", r, r.Elapsed, timeout)
+	}
+	if r := d.curl(t, in, "127.0.0.1", &alice, social); r.Code != http.StatusOK {
+		t.Errorf("alice after the DC came back: %v", r)
+	}
+}
+
+// explainJSON is the part of `balise explain --json` these tests read.
+type explainJSON struct {
+	Verdict         string   `json:"verdict"`
+	Reason          string   `json:"reason"`
+	Rule            string   `json:"rule"`
+	User            string   `json:"user"`
+	Groups          []string `json:"groups"`
+	DirectoryGroups []string `json:"directory_groups"`
+	Identity        string   `json:"identity"`
+}
+
+// TestIdentityExplain: explain --user asks the DC for alice's groups
+// (nested included) and says so; --offline decides on the name alone.
+func TestIdentityExplain(t *testing.T) {
+	d := idSetup(t)
+	s := idStartSites(t)
+	cfg := filepath.Join(t.TempDir(), "balise.toml")
+	if err := os.WriteFile(cfg, []byte(d.config(s, idOptions{})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	explain := func(args ...string) explainJSON {
+		t.Helper()
+		all := append([]string{"explain", "--config", cfg, "--client", "127.0.0.1", "--host", "www.social.test", "--json"}, args...)
+		out, errOut, code := runBalise(t, all...)
+		var e explainJSON
+		if code != 0 || json.Unmarshal([]byte(out), &e) != nil {
+			t.Fatalf("balise %s = %d\n%s%s", strings.Join(all, " "), code, out, errOut)
+		}
+		return e
+	}
+	e := explain("--user", "alice")
+	if e.Verdict != "allow" || e.Identity != "user+directory" || e.Rule != "communications" ||
+		!slices.Contains(e.Groups, "communications") || !slices.ContainsFunc(e.DirectoryGroups, func(g string) bool { return strings.EqualFold(g, "comm-web") }) {
+		t.Errorf("explain --user alice = %+v\nwant allow by rule communications, identity user+directory, comm-web among her directory groups", e)
+	}
+	e = explain("--user", "alice", "--offline")
+	if e.Verdict != "block" || e.Identity != "user" {
+		t.Errorf("explain --user alice --offline = %+v\nwant block, identity user", e)
+	}
+	e = explain("--user", "bob")
+	if e.Verdict != "block" || e.Identity != "user+directory" || slices.Contains(e.Groups, "communications") {
+		t.Errorf("explain --user bob = %+v\nwant block, identity user+directory", e)
+	}
+	e = explain()
+	if e.Verdict != "block" || e.Identity != "address" {
+		t.Errorf("explain without --user = %+v\nwant block, identity address", e)
+	}
+}
+
+// idPseudonymRE is a pseudonym as decision lines carry it.
+var idPseudonymRE = regexp.MustCompile(`^u-[0-9a-z]{8,}$`)
+
+// TestIdentityDecisionLines: proxy decision lines carry a pseudonym for
+// the authenticated user (identity.log = "pseudonym"), one per person,
+// which `balise identity reveal` turns back into alice; no line names
+// alice or bob; DNS decision lines carry no user, even for the address
+// alice is bound to; /metrics names nobody.
+func TestIdentityDecisionLines(t *testing.T) {
+	requireTool(t, "curl")
+	requireTool(t, "dig")
+	d := idSetup(t)
+	s := idStartSites(t)
+	in := d.start(t, s, idOptions{})
+	alice, bob := d.login(t, "alice"), d.login(t, "bob")
+	social := "http://www.social.test:" + s.httpPort + "/"
+	socialTLS := "https://www.social.test:" + s.tlsPort + "/"
+
+	from := len(in.Lines())
+	for _, u := range []string{social, socialTLS} {
+		if r := d.curl(t, in, "127.0.0.1", &alice, u); r.Code != http.StatusOK {
+			t.Fatalf("alice %s: %v", u, r)
+		}
+	}
+	if r := d.curl(t, in, "127.0.0.9", &bob, social); r.Code != http.StatusForbidden {
+		t.Fatalf("bob: %v", r)
+	}
+	if a, _ := idDig(t, in, "127.0.0.1", "www.social.test"); len(a) == 0 {
+		t.Errorf("DNS for alice's address: not allowed (the binding is needed for the next check)")
+	}
+	var aliceNames, bobNames []string
+	var dnsLines int
+	in.WaitLog(from, 5*time.Second, func(l logLine) bool { return l.Msg() == "decision" && l.Str("front") == "dns" })
+	for _, l := range idDecisions(in, from, "www.social.test") {
+		switch {
+		case l.Str("front") == "dns":
+			dnsLines++
+			if u, ok := l["user"]; ok && u != "" {
+				t.Errorf("DNS decision line carries user %v: %v", u, l)
+			}
+		case l.Str("client") == "127.0.0.1":
+			aliceNames = append(aliceNames, l.Str("user"))
+		case l.Str("client") == "127.0.0.9":
+			bobNames = append(bobNames, l.Str("user"))
+		}
+	}
+	if len(aliceNames) < 2 || dnsLines == 0 || len(bobNames) == 0 {
+		t.Fatalf("decision lines: alice %q (want http and connect), bob %q, %d DNS", aliceNames, bobNames, dnsLines)
+	}
+	for _, n := range append(aliceNames[1:], bobNames...) {
+		if !idPseudonymRE.MatchString(n) {
+			t.Errorf("decision line user %q, want a pseudonym u-…", n)
+		}
+	}
+	if !idPseudonymRE.MatchString(aliceNames[0]) || slices.ContainsFunc(aliceNames, func(n string) bool { return n != aliceNames[0] }) ||
+		slices.Contains(bobNames, aliceNames[0]) {
+		t.Errorf("pseudonyms: alice %q, bob %q; want one stable pseudonym per person", aliceNames, bobNames)
+	}
+	out, errOut, code := runBalise(t, "identity", "reveal", "--config", in.ConfigPath, "--by", "RSI Dupont",
+		"--reason", "enquête e2e", "--candidate", "bob", "--candidate", "alice", aliceNames[0])
+	if code != 0 || strings.TrimSpace(out) != aliceNames[0]+"\talice" {
+		t.Errorf("identity reveal %s = %d %q\n%s\nwant alice", aliceNames[0], code, out, errOut)
+	}
+	for _, name := range []string{"alice", "bob"} {
+		if strings.Contains(strings.ToLower(in.Stderr()), name) {
+			t.Errorf("the log names %s:\n%s", name, in.Stderr())
+		}
+		if m := strings.ToLower(in.Metrics()); strings.Contains(m, name) || strings.Contains(m, aliceNames[0]) {
+			t.Errorf("/metrics names %s or carries a pseudonym", name)
+		}
+	}
+}
