@@ -100,6 +100,8 @@ var knownMetrics = map[string]bool{
 	"balise_exceptions_store_up":                   true,
 	"balise_exceptions_store_unavailable_total":    true,
 	"balise_exceptions_leader":                     true,
+	"balise_directory_up":                          true,
+	"balise_directory_contact_age_seconds":         true,
 }
 
 // checkMetricNames fails for every metric expr references that is not in
