@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -434,11 +433,52 @@ func idArtifactDir(t *testing.T) string {
 	return t.TempDir()
 }
 
-// idQuote is strconv.Quote, for messages.
-func idQuote(s string) string { return strconv.Quote(s) }
+// idCPU returns the CPU time the process has used so far, summed over its
+// threads from /proc (scheduler statistics, nanoseconds; the clock-tick
+// counts of /proc/PID/stat when schedstat is missing).
+func idCPU(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	if err == nil && len(tasks) > 0 {
+		var total time.Duration
+		for _, p := range tasks {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue // a thread that just ended
+			}
+			f := strings.Fields(string(b))
+			if len(f) > 0 {
+				ns, _ := strconv.ParseInt(f[0], 10, 64)
+				total += time.Duration(ns)
+			}
+		}
+		return total
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatalf("reading the CPU time of %d: %v", pid, err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
 
-// drain reads and closes r, for the benchmark's clients.
-func drain(r io.ReadCloser) {
-	io.Copy(io.Discard, r)
-	r.Close()
+// idCostPerRequest runs n requests (curl each, so each is a new
+// connection) and returns Balise's CPU time per request.
+func (d *idDomain) idCostPerRequest(t *testing.T, in *instance, n int, cr *adtest.Credentials, url string, want int) time.Duration {
+	t.Helper()
+	pid := in.cmd.Process.Pid
+	for range 3 { // warm-up: caches, tickets, code paths
+		if r := d.curl(t, in, "127.0.0.1", cr, url); r.Code != want {
+			t.Fatalf("warm-up %s: %v\nwant %d", url, r, want)
+		}
+	}
+	before := idCPU(t, pid)
+	for range n {
+		if r := d.curl(t, in, "127.0.0.1", cr, url); r.Code != want {
+			t.Fatalf("%s: %v\nwant %d", url, r, want)
+		}
+	}
+	return (idCPU(t, pid) - before) / time.Duration(n)
 }
