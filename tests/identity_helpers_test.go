@@ -482,3 +482,19 @@ func (d *idDomain) idCostPerRequest(t *testing.T, in *instance, n int, cr *adtes
 	}
 	return (idCPU(t, pid) - before) / time.Duration(n)
 }
+
+// idEventually retries f every 200 ms until it succeeds or timeout ends.
+func idEventually(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still %v after %v", what, err, timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

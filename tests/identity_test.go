@@ -202,7 +202,7 @@ func TestIdentityGrantFollowsUser(t *testing.T) {
 	if out, errOut, code := exCLI(t, in.ConfigPath, "approve", "EX-0001", "--for", "4h", "--by", "RSI Dupont", "--subject", "user"); code != 0 {
 		t.Fatalf("approve --subject user = %d\n%s%s", code, out, errOut)
 	}
-	exEventually(t, "alice from 127.0.0.3 after the grant", func() error {
+	idEventually(t, 5*time.Second, "alice from 127.0.0.3 after the grant", func() error {
 		r := d.curl(t, in, "127.0.0.3", &alice, video)
 		if r.Code != http.StatusOK || !idHello(r.Body, "www.video.test") {
 			return fmt.Errorf("%v", r)
@@ -261,7 +261,7 @@ func TestIdentityDirectoryDown(t *testing.T) {
 	if a, rc := idDig(t, in, "127.0.0.1", "www.social.test"); rc != "NOERROR" || !slices.Contains(a, "127.0.0.1") {
 		t.Errorf("DNS for alice's address with the DC stopped: %s %v, want allowed", rc, a)
 	}
-	exEventually(t, "balise_directory_up with the DC stopped", func() error {
+	idEventually(t, 5*time.Second, "balise_directory_up with the DC stopped", func() error {
 		if v := idMetric(in, "balise_directory_up"); v != 0 {
 			return fmt.Errorf("balise_directory_up = %v, want 0", v)
 		}
@@ -289,8 +289,7 @@ func TestIdentityDirectoryDown(t *testing.T) {
 	if err := d.dc.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exEventually(t, "balise_directory_up after the DC restarted", func() error {
-		time.Sleep(500 * time.Millisecond)
+	idEventually(t, 10*time.Second, "balise_directory_up after the DC restarted", func() error {
 		d.curl(t, in, "127.0.0.1", &alice, social)
 		if v := idMetric(in, "balise_directory_up"); v != 1 {
 			return fmt.Errorf("balise_directory_up = %v, want 1", v)
@@ -375,13 +374,16 @@ func TestIdentityDecisionLines(t *testing.T) {
 	in := d.start(t, s, idOptions{})
 	alice, bob := d.login(t, "alice"), d.login(t, "bob")
 	social := "http://www.social.test:" + s.httpPort + "/"
-	socialTLS := "https://www.social.test:" + s.tlsPort + "/"
+	videoTLS := "https://www.video.test:" + s.tlsPort + "/"
 
+	// Lines are deduplicated per client, user, service and verdict: one
+	// allowed and one blocked decision for alice, one for bob.
 	from := len(in.Lines())
-	for _, u := range []string{social, socialTLS} {
-		if r := d.curl(t, in, "127.0.0.1", &alice, u); r.Code != http.StatusOK {
-			t.Fatalf("alice %s: %v", u, r)
-		}
+	if r := d.curl(t, in, "127.0.0.1", &alice, social); r.Code != http.StatusOK {
+		t.Fatalf("alice %s: %v", social, r)
+	}
+	if r := d.curl(t, in, "127.0.0.1", &alice, videoTLS); r.Connect != http.StatusForbidden {
+		t.Fatalf("alice %s: %v\nwant the CONNECT refused", videoTLS, r)
 	}
 	if r := d.curl(t, in, "127.0.0.9", &bob, social); r.Code != http.StatusForbidden {
 		t.Fatalf("bob: %v", r)
@@ -389,10 +391,10 @@ func TestIdentityDecisionLines(t *testing.T) {
 	if a, _ := idDig(t, in, "127.0.0.1", "www.social.test"); len(a) == 0 {
 		t.Errorf("DNS for alice's address: not allowed (the binding is needed for the next check)")
 	}
+	in.WaitLog(from, 5*time.Second, func(l logLine) bool { return l.Msg() == "decision" && l.Str("front") == "dns" })
 	var aliceNames, bobNames []string
 	var dnsLines int
-	in.WaitLog(from, 5*time.Second, func(l logLine) bool { return l.Msg() == "decision" && l.Str("front") == "dns" })
-	for _, l := range idDecisions(in, from, "www.social.test") {
+	for _, l := range slices.Concat(idDecisions(in, from, "www.social.test"), idDecisions(in, from, "www.video.test")) {
 		switch {
 		case l.Str("front") == "dns":
 			dnsLines++
@@ -406,15 +408,14 @@ func TestIdentityDecisionLines(t *testing.T) {
 		}
 	}
 	if len(aliceNames) < 2 || dnsLines == 0 || len(bobNames) == 0 {
-		t.Fatalf("decision lines: alice %q (want http and connect), bob %q, %d DNS", aliceNames, bobNames, dnsLines)
+		t.Fatalf("decision lines: alice %q (want http allow and connect block), bob %q, %d DNS", aliceNames, bobNames, dnsLines)
 	}
-	for _, n := range append(aliceNames[1:], bobNames...) {
+	for _, n := range slices.Concat(aliceNames, bobNames) {
 		if !idPseudonymRE.MatchString(n) {
 			t.Errorf("decision line user %q, want a pseudonym u-…", n)
 		}
 	}
-	if !idPseudonymRE.MatchString(aliceNames[0]) || slices.ContainsFunc(aliceNames, func(n string) bool { return n != aliceNames[0] }) ||
-		slices.Contains(bobNames, aliceNames[0]) {
+	if slices.ContainsFunc(aliceNames, func(n string) bool { return n != aliceNames[0] }) || slices.Contains(bobNames, aliceNames[0]) {
 		t.Errorf("pseudonyms: alice %q, bob %q; want one stable pseudonym per person", aliceNames, bobNames)
 	}
 	out, errOut, code := runBalise(t, "identity", "reveal", "--config", in.ConfigPath, "--by", "RSI Dupont",
@@ -579,6 +580,17 @@ func TestIdentityChromium(t *testing.T) {
 		nl, _ := os.ReadFile(netlog)
 		t.Errorf("Chromium as alice, %s: status %d, err %v, body %.200q\nwant the origin's page\nchromium output:\n%s\nnetlog (auth events):\n%s",
 			page, status, err, body, out.String(), idNetlogAuth(nl))
+		return
+	}
+	// Balise saw alice: the allowed decision carries her pseudonym.
+	var users []string
+	for _, l := range idDecisions(in, 0, "www.social.test") {
+		if l.Str("verdict") == "allow" {
+			users = append(users, l.Str("user"))
+		}
+	}
+	if len(users) == 0 || !idPseudonymRE.MatchString(users[0]) {
+		t.Errorf("allowed decision lines for www.social.test carry users %q, want alice's pseudonym", users)
 	}
 }
 
