@@ -1,0 +1,862 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The conformance table drives the plain HTTP forwarder with raw bytes
+// on both sides: a raw TCP origin records exactly what it received and
+// answers scripted bytes; raw client sockets talk to the proxy, in
+// absolute form to the explicit listener and in origin form to the
+// transparent listener.
+
+// scriptOrigin is a raw TCP origin: serve runs on each accepted
+// connection.
+type scriptOrigin struct {
+	t        *testing.T
+	ln       net.Listener
+	port     string
+	serve    func(o *originSide)
+	accepted atomic.Int32
+	eofs     atomic.Int32 // connections the proxy closed while the origin waited for a request
+
+	mu   sync.Mutex
+	reqs []rawRequest
+}
+
+// rawRequest is one request as the origin received it, byte for byte.
+type rawRequest struct {
+	conn int32 // connection number, from 1
+	head string
+	body string
+}
+
+// originSide is one origin connection.
+type originSide struct {
+	s    *scriptOrigin
+	n    int32
+	c    net.Conn
+	br   *bufio.Reader
+	seen int // requests read on this connection
+}
+
+func startScriptOrigin(t *testing.T, serve func(o *originSide)) *scriptOrigin {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &scriptOrigin{t: t, ln: ln, serve: serve}
+	_, s.port, _ = net.SplitHostPort(ln.Addr().String())
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := s.accepted.Add(1)
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(15 * time.Second))
+				s.serve(&originSide{s: s, n: n, c: c, br: bufio.NewReader(c)})
+			}()
+		}
+	}()
+	return s
+}
+
+func (s *scriptOrigin) requests() []rawRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]rawRequest(nil), s.reqs...)
+}
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// next reads one request, head and body by its framing, and records its
+// raw bytes. A connection closed before a request counts in eofs.
+func (o *originSide) next() (rawRequest, error) {
+	var head strings.Builder
+	for {
+		line, err := o.br.ReadString('\n')
+		head.WriteString(line)
+		if err != nil {
+			if head.Len() == 0 {
+				o.s.eofs.Add(1)
+			}
+			return rawRequest{}, err
+		}
+		if line == "\r\n" {
+			break
+		}
+	}
+	rr := rawRequest{conn: o.n, head: head.String()}
+	body, err := o.readBody(rr.head, false)
+	rr.body = body
+	if err == nil {
+		o.s.mu.Lock()
+		o.s.reqs = append(o.s.reqs, rr)
+		o.s.mu.Unlock()
+		o.seen++
+	}
+	return rr, err
+}
+
+// readBody reads the raw body framed by head. With headOnly the body is
+// not read (the origin answers first).
+func (o *originSide) readBody(head string, headOnly bool) (string, error) {
+	if headOnly {
+		return "", nil
+	}
+	var b strings.Builder
+	if hasToken(fieldValues(head, "Transfer-Encoding"), "chunked") {
+		for {
+			line, err := o.br.ReadString('\n')
+			b.WriteString(line)
+			if err != nil {
+				return b.String(), err
+			}
+			size, err := strconv.ParseInt(strings.TrimSpace(strings.SplitN(line, ";", 2)[0]), 16, 64)
+			if err != nil {
+				return b.String(), err
+			}
+			if size == 0 {
+				for {
+					line, err := o.br.ReadString('\n')
+					b.WriteString(line)
+					if err != nil || line == "\r\n" {
+						return b.String(), err
+					}
+				}
+			}
+			chunk := make([]byte, size+2)
+			if _, err := io.ReadFull(o.br, chunk); err != nil {
+				return b.String(), err
+			}
+			b.Write(chunk)
+		}
+	}
+	if cl := fieldValues(head, "Content-Length"); len(cl) > 0 {
+		n, _ := strconv.Atoi(cl[0])
+		buf := make([]byte, n)
+		k, err := io.ReadFull(o.br, buf)
+		b.Write(buf[:k])
+		return b.String(), err
+	}
+	return "", nil
+}
+
+func (o *originSide) write(s string) error {
+	_, err := io.WriteString(o.c, s)
+	return err
+}
+
+// answerAll answers every request on the connection with answer(i), i
+// counting requests from 1.
+func answerAll(answer func(i int) string) func(o *originSide) {
+	return func(o *originSide) {
+		for i := 1; ; i++ {
+			if _, err := o.next(); err != nil {
+				return
+			}
+			if err := o.write(answer(i)); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// fieldValues returns the values of the field name in a raw head.
+func fieldValues(head, name string) []string {
+	var out []string
+	for _, line := range strings.Split(head, "\r\n")[1:] {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && strings.EqualFold(strings.TrimSpace(k), name) {
+			out = append(out, strings.TrimSpace(v))
+		}
+	}
+	return out
+}
+
+// decodeChunked decodes a raw chunked body (without trailers).
+func decodeChunked(raw string) (string, string, error) {
+	br := bufio.NewReader(strings.NewReader(raw))
+	var out strings.Builder
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return out.String(), "", err
+		}
+		size, err := strconv.ParseInt(strings.TrimSpace(line), 16, 64)
+		if err != nil {
+			return out.String(), "", err
+		}
+		if size == 0 {
+			rest, _ := io.ReadAll(br)
+			return out.String(), string(rest), nil
+		}
+		chunk := make([]byte, size+2)
+		if _, err := io.ReadFull(br, chunk); err != nil {
+			return out.String(), "", err
+		}
+		out.Write(chunk[:size])
+	}
+}
+
+// confClient is the client side of a row: a mode and the proxy address
+// it talks to.
+type confClient struct {
+	t           *testing.T
+	e           *env
+	transparent bool
+	addr        string // proxy listener
+	origin      *scriptOrigin
+}
+
+// req returns the request head for method and path to host (a name the
+// test DNS resolves to the origin), in the form the mode uses, with extra
+// header lines (each ending in CRLF) and the blank line.
+func (c *confClient) req(method, host, path, extra string) string {
+	authority := host + ":" + c.origin.port
+	target := "http://" + authority + path
+	if c.transparent {
+		target = path
+	}
+	return method + " " + target + " HTTP/1.1\r\nHost: " + authority + "\r\n" + extra + "\r\n"
+}
+
+func (c *confClient) dial() (net.Conn, *bufio.Reader) {
+	c.t.Helper()
+	conn, err := net.DialTimeout("tcp", c.addr, 5*time.Second)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	return conn, bufio.NewReader(conn)
+}
+
+// roundTrip sends raw and reads one response (body read whole).
+func (c *confClient) roundTrip(conn net.Conn, br *bufio.Reader, method, raw string) (*http.Response, string, error) {
+	c.t.Helper()
+	if raw != "" {
+		if _, err := io.WriteString(conn, raw); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		return nil, "", err
+	}
+	b, err := io.ReadAll(resp.Body)
+	return resp, string(b), err
+}
+
+func (c *confClient) get(path string) (*http.Response, string) {
+	c.t.Helper()
+	conn, br := c.dial()
+	resp, body, err := c.roundTrip(conn, br, "GET", c.req("GET", "unlisted.test", path, ""))
+	if err != nil {
+		c.t.Fatalf("GET %s: %v", path, err)
+	}
+	return resp, body
+}
+
+// confRow is one semantic checked in both modes (unless explicitOnly).
+type confRow struct {
+	name         string
+	explicitOnly bool
+	origin       func(o *originSide)
+	run          func(t *testing.T, c *confClient)
+}
+
+const okAnswer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+func TestConformance(t *testing.T) {
+	for _, row := range conformanceRows() {
+		for _, transparent := range []bool{false, true} {
+			if transparent && row.explicitOnly {
+				continue
+			}
+			mode := "explicit"
+			if transparent {
+				mode = "transparent"
+			}
+			t.Run(row.name+"/"+mode, func(t *testing.T) {
+				origin := startScriptOrigin(t, row.origin)
+				dsts := &dstMap{}
+				e := startEnv(t, testSpec(), func(o *Options) { o.OriginalDestination = dsts.hook })
+				c := &confClient{t: t, e: e, transparent: transparent, addr: e.addr, origin: origin}
+				if transparent {
+					ha, _ := startTransparent(t, e)
+					dsts.set(ha, origin.ln.Addr().String())
+					c.addr = ha
+				}
+				row.run(t, c)
+			})
+		}
+	}
+}
+
+func conformanceRows() []confRow {
+	return []confRow{
+		{
+			name:   "request hop-by-hop fields dropped",
+			origin: answerAll(func(int) string { return okAnswer }),
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				raw := c.req("GET", "unlisted.test", "/h", "Connection: keep-alive, X-Named\r\nX-Named: secret\r\n"+
+					"Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: gzip\r\nTrailer: X-T\r\n"+
+					"Proxy-Authorization: Basic dTpw\r\nUpgrade: h2c\r\nX-Kept: yes\r\n")
+				if _, _, err := c.roundTrip(conn, br, "GET", raw); err != nil {
+					t.Fatal(err)
+				}
+				rs := c.origin.requests()
+				if len(rs) != 1 {
+					t.Fatalf("origin saw %d requests, want 1", len(rs))
+				}
+				for _, f := range []string{"Connection", "X-Named", "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Proxy-Authorization", "Upgrade"} {
+					if v := fieldValues(rs[0].head, f); len(v) > 0 {
+						t.Errorf("origin received %s: %q", f, v)
+					}
+				}
+				if v := fieldValues(rs[0].head, "X-Kept"); len(v) != 1 || v[0] != "yes" {
+					t.Errorf("origin X-Kept = %q, want yes", v)
+				}
+				if !strings.HasPrefix(rs[0].head, "GET /h HTTP/1.1\r\n") {
+					t.Errorf("request line = %q, want origin form", strings.SplitN(rs[0].head, "\r\n", 2)[0])
+				}
+			},
+		},
+		{
+			name:   "TE trailers kept",
+			origin: answerAll(func(int) string { return okAnswer }),
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				if _, _, err := c.roundTrip(conn, br, "GET", c.req("GET", "unlisted.test", "/", "TE: trailers\r\n")); err != nil {
+					t.Fatal(err)
+				}
+				if v := fieldValues(c.origin.requests()[0].head, "TE"); len(v) != 1 || v[0] != "trailers" {
+					t.Errorf("origin TE = %q, want [trailers]", v)
+				}
+			},
+		},
+		{
+			name: "response hop-by-hop fields dropped",
+			origin: answerAll(func(int) string {
+				return "HTTP/1.1 200 OK\r\nConnection: X-Named\r\nX-Named: secret\r\nKeep-Alive: timeout=5\r\n" +
+					"Proxy-Connection: keep-alive\r\nProxy-Authenticate: Basic realm=x\r\nUpgrade: foo\r\nTrailer: X-T\r\n" +
+					"X-Kept: yes\r\nContent-Length: 2\r\n\r\nok"
+			}),
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				if _, err := io.WriteString(conn, c.req("GET", "unlisted.test", "/", "")); err != nil {
+					t.Fatal(err)
+				}
+				head := readRawHead(t, br)
+				for _, f := range []string{"X-Named", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Upgrade", "Trailer"} {
+					if v := fieldValues(head, f); len(v) > 0 {
+						t.Errorf("client received %s: %q", f, v)
+					}
+				}
+				if v := fieldValues(head, "Connection"); len(v) > 0 && !strings.EqualFold(v[0], "keep-alive") {
+					t.Errorf("client received Connection: %q", v)
+				}
+				if v := fieldValues(head, "X-Kept"); len(v) != 1 {
+					t.Errorf("client X-Kept = %q, want yes", v)
+				}
+			},
+		},
+		{
+			name: "Via added both ways after existing entries",
+			origin: answerAll(func(int) string {
+				return "HTTP/1.1 200 OK\r\nVia: 1.1 upstream-cache\r\nContent-Length: 2\r\n\r\nok"
+			}),
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				resp, _, err := c.roundTrip(conn, br, "GET", c.req("GET", "unlisted.test", "/", "Via: 1.0 child-proxy\r\n"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := "1.1 " + c.e.p.via
+				got := strings.Join(fieldValues(c.origin.requests()[0].head, "Via"), ", ")
+				if got != "1.0 child-proxy, "+want {
+					t.Errorf("origin Via = %q, want %q", got, "1.0 child-proxy, "+want)
+				}
+				got = strings.Join(resp.Header.Values("Via"), ", ")
+				if got != "1.1 upstream-cache, "+want {
+					t.Errorf("client Via = %q, want %q", got, "1.1 upstream-cache, "+want)
+				}
+			},
+		},
+		func() confRow {
+			var sent100 atomic.Bool
+			return confRow{
+				name: "100-continue: the origin's 100, then the body",
+				origin: func(o *originSide) {
+					o.c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+					head, err := readHeadOnly(o)
+					if err != nil {
+						return
+					}
+					if n, _ := o.br.Read(make([]byte, 1)); n > 0 {
+						o.write("HTTP/1.1 400 Bad Request\r\nContent-Length: 10\r\n\r\nearly body")
+						return
+					}
+					o.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+					sent100.Store(true)
+					o.write("HTTP/1.1 100 Continue\r\n\r\n")
+					body, err := o.readBody(head, false)
+					if err != nil {
+						return
+					}
+					o.write("HTTP/1.1 200 OK\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
+				},
+				run: func(t *testing.T, c *confClient) {
+					conn, br := c.dial()
+					io.WriteString(conn, c.req("POST", "unlisted.test", "/up", "Expect: 100-continue\r\nContent-Length: 5\r\n"))
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if resp.StatusCode != 100 {
+						t.Fatalf("first answer = %d, want 100", resp.StatusCode)
+					}
+					if !sent100.Load() {
+						t.Fatalf("client got 100 before the origin sent one")
+					}
+					resp, body, err := c.roundTrip(conn, br, "POST", "hello")
+					if err != nil || resp.StatusCode != 200 || body != "hello" {
+						t.Fatalf("answer = %v %q %v, want 200 hello", resp, body, err)
+					}
+				},
+			}
+		}(),
+		{
+			name: "100-continue: a final answer without the body",
+			origin: func(o *originSide) {
+				if _, err := readHeadOnly(o); err != nil {
+					return
+				}
+				o.write("HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nnope")
+				o.c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+				if n, _ := o.br.Read(make([]byte, 1)); n > 0 {
+					o.s.mu.Lock()
+					o.s.reqs = append(o.s.reqs, rawRequest{conn: o.n, body: "body bytes came"})
+					o.s.mu.Unlock()
+				}
+			},
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				resp, body, err := c.roundTrip(conn, br, "POST", c.req("POST", "unlisted.test", "/up", "Expect: 100-continue\r\nContent-Length: 5\r\n"))
+				if err != nil || resp.StatusCode != 401 || body != "nope" {
+					t.Fatalf("answer = %v %q %v, want 401 nope", resp, body, err)
+				}
+				time.Sleep(700 * time.Millisecond)
+				if rs := c.origin.requests(); len(rs) > 0 {
+					t.Errorf("the origin received body bytes it never asked for")
+				}
+			},
+		},
+		{
+			name: "response trailers forwarded",
+			origin: answerAll(func(int) string {
+				return "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: abc\r\n\r\n"
+			}),
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				resp, body, err := c.roundTrip(conn, br, "GET", c.req("GET", "unlisted.test", "/", "TE: trailers\r\n"))
+				if err != nil || body != "hello" {
+					t.Fatalf("answer = %q %v", body, err)
+				}
+				if got := resp.Trailer.Get("X-Sum"); got != "abc" {
+					t.Errorf("trailer X-Sum = %q, want abc", got)
+				}
+			},
+		},
+		{
+			name:   "request body forwarded exactly: Content-Length",
+			origin: answerAll(func(int) string { return okAnswer }),
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				body := "hello\r\n world \x00\xff"
+				raw := c.req("PUT", "unlisted.test", "/b", "Content-Length: "+strconv.Itoa(len(body))+"\r\n") + body
+				if resp, _, err := c.roundTrip(conn, br, "PUT", raw); err != nil || resp.StatusCode != 200 {
+					t.Fatalf("PUT: %v %v", resp, err)
+				}
+				r := c.origin.requests()[0]
+				if r.body != body || fieldValues(r.head, "Content-Length")[0] != strconv.Itoa(len(body)) {
+					t.Errorf("origin body = %q (head %q), want %q", r.body, r.head, body)
+				}
+			},
+		},
+		{
+			name:   "request body forwarded exactly: chunked with trailers",
+			origin: answerAll(func(int) string { return okAnswer }),
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				raw := c.req("POST", "unlisted.test", "/b", "Transfer-Encoding: chunked\r\nTrailer: X-Check\r\n") +
+					"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Check: 42\r\n\r\n"
+				if resp, _, err := c.roundTrip(conn, br, "POST", raw); err != nil || resp.StatusCode != 200 {
+					t.Fatalf("POST: %v %v", resp, err)
+				}
+				r := c.origin.requests()[0]
+				if !hasToken(fieldValues(r.head, "Transfer-Encoding"), "chunked") || len(fieldValues(r.head, "Content-Length")) > 0 {
+					t.Errorf("origin head %q: want chunked framing", r.head)
+				}
+				data, trailer, err := decodeChunked(r.body)
+				if err != nil || data != "hello world" || !strings.Contains(trailer, "X-Check: 42\r\n") {
+					t.Errorf("origin body %q decodes to %q, trailer %q (%v); want hello world, X-Check: 42", r.body, data, trailer, err)
+				}
+			},
+		},
+		{
+			name: "truncated chunked answer aborts the client's",
+			origin: func(o *originSide) {
+				if _, err := o.next(); err == nil {
+					o.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+				}
+			},
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				resp, body, err := c.roundTrip(conn, br, "GET", c.req("GET", "unlisted.test", "/", ""))
+				if resp == nil {
+					return // aborted before the head: fine
+				}
+				if err == nil {
+					t.Errorf("client read a complete answer %q from a truncated one", body)
+				}
+			},
+		},
+		{
+			name: "short Content-Length answer aborts the client's",
+			origin: func(o *originSide) {
+				if _, err := o.next(); err == nil {
+					o.write("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+				}
+			},
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				resp, body, err := c.roundTrip(conn, br, "GET", c.req("GET", "unlisted.test", "/", ""))
+				if resp != nil && err == nil {
+					t.Errorf("client read a complete answer %q from a short one", body)
+				}
+			},
+		},
+		{
+			name: "client body cut short: origin connection not reused",
+			origin: func(o *originSide) {
+				for {
+					rr, err := o.next()
+					if err != nil {
+						if rr.head == "" && o.seen == 0 {
+							return
+						}
+						return
+					}
+					o.write(okAnswer)
+				}
+			},
+			run: func(t *testing.T, c *confClient) {
+				conn, _ := c.dial()
+				io.WriteString(conn, c.req("POST", "unlisted.test", "/", "Content-Length: 100\r\n")+"only ten b")
+				waitFor(t, "the origin connection", func() bool { return c.origin.accepted.Load() == 1 })
+				time.Sleep(100 * time.Millisecond)
+				conn.Close()
+				resp, _ := c.get("/after")
+				if resp.StatusCode != 200 {
+					t.Fatalf("GET after = %d", resp.StatusCode)
+				}
+				if n := c.origin.accepted.Load(); n != 2 {
+					t.Errorf("origin connections = %d, want 2 (the cut one not reused)", n)
+				}
+				for _, r := range c.origin.requests() {
+					if r.conn == 1 {
+						t.Errorf("origin took the cut request for a whole one: %q", r.head)
+					}
+				}
+			},
+		},
+		{
+			name: "HEAD, 204 and 304 without body, kept alive",
+			origin: answerAll(func(i int) string {
+				switch i {
+				case 1:
+					return "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+				case 2:
+					return "HTTP/1.1 204 No Content\r\n\r\n"
+				case 3:
+					return "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"
+				}
+				return okAnswer
+			}),
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				steps := []struct {
+					method string
+					status int
+				}{{"HEAD", 200}, {"GET", 204}, {"GET", 304}, {"GET", 200}}
+				for _, s := range steps {
+					resp, body, err := c.roundTrip(conn, br, s.method, c.req(s.method, "unlisted.test", "/", ""))
+					if err != nil || resp.StatusCode != s.status {
+						t.Fatalf("%s = %v %v, want %d", s.method, resp, err, s.status)
+					}
+					if s.status != 200 || s.method == "HEAD" {
+						if body != "" {
+							t.Errorf("%s %d: body %q, want none", s.method, s.status, body)
+						}
+					}
+					if s.method == "HEAD" && resp.ContentLength != 1000 {
+						t.Errorf("HEAD Content-Length = %d, want 1000", resp.ContentLength)
+					}
+				}
+				if n := c.origin.accepted.Load(); n != 1 {
+					t.Errorf("origin connections = %d, want 1", n)
+				}
+			},
+		},
+		{
+			name: "pipelined requests over one kept-alive origin connection",
+			origin: answerAll(func(i int) string {
+				return fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%d", i)
+			}),
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				io.WriteString(conn, c.req("GET", "unlisted.test", "/1", "")+c.req("GET", "unlisted.test", "/2", ""))
+				for i := 1; i <= 2; i++ {
+					resp, body, err := c.roundTrip(conn, br, "GET", "")
+					if err != nil || resp.StatusCode != 200 || body != strconv.Itoa(i) {
+						t.Fatalf("answer %d = %v %q %v", i, resp, body, err)
+					}
+				}
+				if n := c.origin.accepted.Load(); n != 1 {
+					t.Errorf("origin connections = %d, want 1", n)
+				}
+			},
+		},
+		{
+			name: "WebSocket upgrade relays bytes both ways",
+			origin: func(o *originSide) {
+				rr, err := o.next()
+				if err != nil {
+					return
+				}
+				if !hasToken(fieldValues(rr.head, "Connection"), "upgrade") || len(fieldValues(rr.head, "Upgrade")) != 1 {
+					o.write("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+					return
+				}
+				o.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\nhi")
+				buf := make([]byte, 4)
+				if _, err := io.ReadFull(o.br, buf); err != nil {
+					return
+				}
+				o.write("pong:" + string(buf))
+			},
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				io.WriteString(conn, c.req("GET", "unlisted.test", "/ws", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"))
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil || resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "websocket" {
+					t.Fatalf("upgrade answer = %v %v", resp, err)
+				}
+				got := make([]byte, 2)
+				if _, err := io.ReadFull(br, got); err != nil || string(got) != "hi" {
+					t.Fatalf("origin's first bytes = %q %v", got, err)
+				}
+				io.WriteString(conn, "ping")
+				got = make([]byte, 9)
+				if _, err := io.ReadFull(br, got); err != nil || string(got) != "pong:ping" {
+					t.Fatalf("relayed answer = %q %v", got, err)
+				}
+			},
+		},
+		{
+			name:         "idle pool: global cap closes the oldest",
+			explicitOnly: true, // names give distinct pool keys
+			origin:       answerAll(func(int) string { return okAnswer }),
+			run: func(t *testing.T, c *confClient) {
+				c.e.p.origins.setLimits(0, 2, 0)
+				for _, host := range []string{"a.test", "b.test", "c.test"} {
+					conn, br := c.dial()
+					if resp, _, err := c.roundTrip(conn, br, "GET", c.req("GET", host, "/", "")); err != nil || resp.StatusCode != 200 {
+						t.Fatalf("GET %s: %v %v", host, resp, err)
+					}
+				}
+				waitFor(t, "the oldest idle connection closed", func() bool { return c.origin.eofs.Load() == 1 })
+				if n := c.e.p.origins.idleCount(); n != 2 {
+					t.Errorf("idle connections = %d, want 2", n)
+				}
+			},
+		},
+		{
+			name:         "idle pool: per-host cap",
+			explicitOnly: true,
+			origin: func(o *originSide) {
+				if _, err := o.next(); err != nil {
+					return
+				}
+				// Both requests in flight at once, then both answered.
+				waitFor(o.s.t, "two origin connections", func() bool { return o.s.accepted.Load() == 2 })
+				o.write(okAnswer)
+				o.next()
+			},
+			run: func(t *testing.T, c *confClient) {
+				c.e.p.origins.setLimits(1, 0, 0)
+				var wg sync.WaitGroup
+				for range 2 {
+					conn, br := c.dial()
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						c.roundTrip(conn, br, "GET", c.req("GET", "unlisted.test", "/", ""))
+					}()
+				}
+				wg.Wait()
+				waitFor(t, "one idle connection closed", func() bool { return c.origin.eofs.Load() == 1 })
+				if n := c.e.p.origins.idleCount(); n != 1 {
+					t.Errorf("idle connections = %d, want 1", n)
+				}
+			},
+		},
+		{
+			name:   "idle pool: swept by its timer",
+			origin: answerAll(func(int) string { return okAnswer }),
+			run: func(t *testing.T, c *confClient) {
+				c.e.p.origins.setLimits(0, 0, 300*time.Millisecond)
+				resp, _ := c.get("/")
+				if resp.StatusCode != 200 {
+					t.Fatal(resp.Status)
+				}
+				start := time.Now()
+				waitFor(t, "the idle connection closed without another request", func() bool { return c.origin.eofs.Load() == 1 })
+				if d := time.Since(start); d < 200*time.Millisecond {
+					t.Errorf("idle connection closed after %v, before its idle timeout", d)
+				}
+				if n := c.e.p.origins.idleCount(); n != 0 {
+					t.Errorf("idle connections = %d, want 0", n)
+				}
+			},
+		},
+		{
+			name:   "idle pool: closed with the proxy",
+			origin: answerAll(func(int) string { return okAnswer }),
+			run: func(t *testing.T, c *confClient) {
+				c.get("/")
+				c.e.p.Close()
+				waitFor(t, "the idle connection closed", func() bool { return c.origin.eofs.Load() == 1 })
+			},
+		},
+		{
+			name:   "stale kept-alive connection: GET retried",
+			origin: closeAfterFirst,
+			run: func(t *testing.T, c *confClient) {
+				c.get("/1")
+				time.Sleep(300 * time.Millisecond)
+				resp, body := c.get("/2")
+				if resp.StatusCode != 200 || body != "ok" {
+					t.Errorf("GET on a stale connection = %d %q, want 200 ok (retried)", resp.StatusCode, body)
+				}
+				if n := c.origin.accepted.Load(); n != 2 {
+					t.Errorf("origin connections = %d, want 2", n)
+				}
+			},
+		},
+		{
+			name:   "stale kept-alive connection: POST not retried",
+			origin: closeAfterFirst,
+			run: func(t *testing.T, c *confClient) {
+				c.get("/1")
+				time.Sleep(300 * time.Millisecond)
+				conn, br := c.dial()
+				resp, _, err := c.roundTrip(conn, br, "POST", c.req("POST", "unlisted.test", "/2", "Content-Length: 4\r\n")+"data")
+				if err == nil && resp.StatusCode == 200 {
+					t.Errorf("POST on a stale connection = 200: it was sent again")
+				}
+				if n := c.origin.accepted.Load(); n != 1 {
+					t.Errorf("origin connections = %d, want 1 (no second attempt)", n)
+				}
+			},
+		},
+	}
+}
+
+// closeAfterFirst answers one request, keeps the connection a moment (so
+// that the proxy pools it) and closes it.
+func closeAfterFirst(o *originSide) {
+	if _, err := o.next(); err != nil {
+		return
+	}
+	o.write(okAnswer)
+	time.Sleep(100 * time.Millisecond)
+}
+
+// readHeadOnly reads a request head and records it (without its body).
+func readHeadOnly(o *originSide) (string, error) {
+	var head strings.Builder
+	for {
+		line, err := o.br.ReadString('\n')
+		head.WriteString(line)
+		if err != nil {
+			return "", err
+		}
+		if line == "\r\n" {
+			return head.String(), nil
+		}
+	}
+}
+
+// readRawHead reads a response head as bytes.
+func readRawHead(t *testing.T, br *bufio.Reader) string {
+	t.Helper()
+	var b bytes.Buffer
+	for {
+		line, err := br.ReadString('\n')
+		b.WriteString(line)
+		if err != nil {
+			t.Fatalf("reading the answer's head: %v (%q)", err, b.String())
+		}
+		if line == "\r\n" {
+			return b.String()
+		}
+	}
+}
