@@ -71,6 +71,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, mode int, dest s
 			x.target = "http://" + dest + x.target
 		}
 	}
+	bp := p.origins.bufs.get()
+	defer p.origins.bufs.put(bp)
+	x.buf = *bp
+	wh := w.Header()
 	for attempt := 0; ; attempt++ {
 		var err error
 		var oc *originConn
@@ -87,17 +91,18 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, mode int, dest s
 		}
 		c := oc.c
 		stop := context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
-		resp, err := p.roundTrip(w, &x, oc)
+		a, err := p.roundTrip(w, &x, oc)
 		if err == nil {
-			if resp.StatusCode == http.StatusSwitchingProtocols {
+			if a.status == http.StatusSwitchingProtocols {
 				stop()
-				p.relayUpgrade(w, oc, resp)
+				p.relayUpgrade(w, oc)
 				return
 			}
-			p.relayResponse(w, &x, oc, resp, stop)
+			p.relayResponse(w, &x, oc, a, stop)
 			return
 		}
 		stop()
+		clear(wh)
 		if x.body != nil {
 			x.body.abort(w, oc)
 			x.body = nil
@@ -128,19 +133,21 @@ type exchange struct {
 	hasBody  bool
 	upgrade  bool
 	body     *bodyWriter // nil without a body
+	buf      []byte      // pooled: the answer's head, then its body
+	ob       originBody
 }
 
 // roundTrip writes the request head on oc (and starts its body, if any)
-// and reads the response head, forwarding 1xx answers to w. A failure
-// before any byte of the answer is errStale.
-func (p *Proxy) roundTrip(w http.ResponseWriter, x *exchange, oc *originConn) (*http.Response, error) {
+// and reads the answer's head into w's header map, forwarding 1xx
+// answers to w. A failure before any byte of the answer is errStale.
+func (p *Proxy) roundTrip(w http.ResponseWriter, x *exchange, oc *originConn) (answer, error) {
 	r := x.r
 	chunked := x.hasBody && r.ContentLength < 0
 	expect := x.hasBody && r.ProtoAtLeast(1, 1) && hasToken(r.Header["Expect"], "100-continue")
 	p.writeHead(oc.bw, x, chunked)
 	if !x.hasBody || expect {
 		if err := oc.bw.Flush(); err != nil {
-			return nil, errStale
+			return answer{}, errStale
 		}
 	}
 	if x.hasBody {
@@ -150,35 +157,36 @@ func (p *Proxy) roundTrip(w http.ResponseWriter, x *exchange, oc *originConn) (*
 	maxHead := int64(p.opts.MaxHeaderBytes) * 4
 	oc.lim.n = max(maxHead-int64(oc.br.Buffered()), 1)
 	defer func() { oc.lim.n = -1 }()
-	first := true
-	for {
-		if _, err := oc.br.Peek(1); err != nil {
-			if first {
-				return nil, errors.Join(errStale, err)
-			}
-			return nil, err
-		}
-		first = false
-		resp, err := http.ReadResponse(oc.br, r)
+	wh := w.Header()
+	head := r.Method == http.MethodHead
+	for first := true; ; first = false {
+		a, err := readAnswer(oc.br, wh, head, x.buf)
 		if err != nil {
-			return nil, err
-		}
-		switch code := resp.StatusCode; {
-		case code == http.StatusSwitchingProtocols:
-			if !x.upgrade || !strings.EqualFold(resp.Header.Get("Upgrade"), r.Header.Get("Upgrade")) {
-				return nil, errors.New("unexpected 101 answer")
+			if first && !errors.Is(err, errBadAnswer) && !errors.Is(err, errHeadTooLarge) {
+				return a, errors.Join(errStale, err)
 			}
-			return resp, nil
-		case code == http.StatusContinue:
+			return a, err
+		}
+		switch {
+		case a.status == http.StatusSwitchingProtocols:
+			if !x.upgrade || !strings.EqualFold(wh.Get("Upgrade"), r.Header.Get("Upgrade")) {
+				return a, errors.New("unexpected 101 answer")
+			}
+			return a, nil
+		case a.status == http.StatusContinue:
+			clear(wh)
 			if x.body != nil {
 				x.body.proceed()
 			}
-		case code < 200:
+		case a.status < 200:
 			if r.ProtoAtLeast(1, 1) {
-				forwardInformational(w, resp, p.via11)
+				removeHopByHop(wh, false)
+				wh["Via"] = append(wh["Via"], p.via11)
+				w.WriteHeader(a.status)
 			}
+			clear(wh)
 		default:
-			return resp, nil
+			return a, nil
 		}
 	}
 }
@@ -451,14 +459,15 @@ func (e *readErrReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// relayResponse forwards an origin's final answer to w, body and
-// trailers included, and puts oc back in the pool when the exchange
-// ended cleanly. A body the origin cut short aborts the client's
-// response (panic(http.ErrAbortHandler): no final chunk, the connection
-// closed). stop ends the watch on the client's context.
-func (p *Proxy) relayResponse(w http.ResponseWriter, x *exchange, oc *originConn, resp *http.Response, stop func() bool) {
+// relayResponse forwards an origin's final answer (its head already in
+// w's header map) to w, body and trailers included, and puts oc back in
+// the pool when the exchange ended cleanly. A body the origin cut short
+// aborts the client's answer (panic(http.ErrAbortHandler): no final
+// chunk, the connection closed). stop ends the watch on the client's
+// context.
+func (p *Proxy) relayResponse(w http.ResponseWriter, x *exchange, oc *originConn, a answer, stop func() bool) {
 	r := x.r
-	reusable := !resp.Close
+	reusable := !a.close
 	aborted := false
 	defer func() {
 		stop()
@@ -478,6 +487,15 @@ func (p *Proxy) relayResponse(w http.ResponseWriter, x *exchange, oc *originConn
 		}
 	}()
 	wh := w.Header()
+	announced := wh["Trailer"]
+	removeHopByHop(wh, false)
+	wh["Via"] = append(wh["Via"], p.via11)
+	if _, ok := wh["Content-Type"]; !ok {
+		wh["Content-Type"] = nil // no sniffing: forward what the origin said
+	}
+	if a.chunked && len(announced) > 0 {
+		wh["Trailer"] = announced
+	}
 	if bw := x.body; bw != nil {
 		// A body the origin did not ask for (no 100 yet) is not sent; one
 		// it did not read before answering ends the client's connection.
@@ -487,28 +505,15 @@ func (p *Proxy) relayResponse(w http.ResponseWriter, x *exchange, oc *originConn
 			wh["Connection"] = []string{"close"}
 		}
 	}
-	h := resp.Header
-	removeHopByHop(h, false)
-	for k, vs := range h {
-		wh[k] = vs
-	}
-	wh["Via"] = append(h["Via"], p.via11)
-	if _, ok := h["Content-Type"]; !ok {
-		wh["Content-Type"] = nil // no sniffing: forward what the origin said
-	}
-	announced := len(resp.Trailer)
-	if announced > 0 {
-		keys := make([]string, 0, announced)
-		for k := range resp.Trailer {
-			keys = append(keys, k)
-		}
-		wh["Trailer"] = []string{strings.Join(keys, ", ")}
-	}
-	w.WriteHeader(resp.StatusCode)
-	if resp.Body == http.NoBody {
+	w.WriteHeader(a.status)
+	if a.length == 0 {
 		return
 	}
-	werr, rerr := copyBody(w, resp.Body, oc.br, resp.ContentLength, &p.origins.bufs)
+	x.ob = originBody{br: oc.br, chunked: a.chunked, toClose: a.length < 0 && !a.chunked}
+	if a.length > 0 {
+		x.ob.left = a.length
+	}
+	werr, rerr := copyBody(w, &x.ob, x.buf)
 	switch {
 	case rerr != nil:
 		reusable = false
@@ -521,37 +526,34 @@ func (p *Proxy) relayResponse(w http.ResponseWriter, x *exchange, oc *originConn
 		reusable = false
 		return
 	}
-	if len(resp.Trailer) > 0 {
+	if tr := x.ob.trailer; len(tr) > 0 {
 		http.NewResponseController(w).Flush()
-		if len(resp.Trailer) == announced {
-			for k, vs := range resp.Trailer {
-				wh[k] = vs
+		for k, vs := range tr {
+			if hopByHop(k) || k == "Content-Length" {
+				continue
 			}
-		} else {
-			for k, vs := range resp.Trailer {
+			if hasToken(announced, k) {
+				wh[k] = vs
+			} else {
 				wh[http.TrailerPrefix+k] = vs
 			}
 		}
 	}
 }
 
-// copyBody copies an origin's response body to w with a pooled buffer,
-// flushing whenever the origin has nothing more buffered (a stream goes
-// out as it comes). It returns the write and the read error apart.
-func copyBody(w http.ResponseWriter, body io.Reader, br *bufio.Reader, length int64, bufs *bufPool) (werr, rerr error) {
-	bp := bufs.get()
-	defer bufs.put(bp)
-	buf := *bp
+// copyBody copies an origin's answer body to w with buf, flushing
+// whenever the origin has sent nothing more yet (a stream goes out as it
+// comes). It returns the write and the read error apart.
+func copyBody(w http.ResponseWriter, body *originBody, buf []byte) (werr, rerr error) {
+	buf = buf[:cap(buf)]
 	var rc *http.ResponseController
-	var total int64
 	for {
 		n, err := body.Read(buf)
 		if n > 0 {
-			total += int64(n)
 			if _, werr = w.Write(buf[:n]); werr != nil {
 				return werr, nil
 			}
-			if br.Buffered() == 0 && (length < 0 || total < length) {
+			if err == nil && !body.more() {
 				if rc == nil {
 					rc = http.NewResponseController(w)
 				}
@@ -569,16 +571,16 @@ func copyBody(w http.ResponseWriter, body io.Reader, br *bufio.Reader, length in
 	}
 }
 
-// relayUpgrade forwards a 101 answer and then relays bytes both ways
-// until either side ends.
-func (p *Proxy) relayUpgrade(w http.ResponseWriter, oc *originConn, resp *http.Response) {
+// relayUpgrade forwards a 101 answer (its head in w's header map) and
+// then relays bytes both ways until either side ends.
+func (p *Proxy) relayUpgrade(w http.ResponseWriter, oc *originConn) {
 	defer p.origins.discard(oc)
+	h := w.Header()
 	client, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return
 	}
 	defer client.Close()
-	h := resp.Header
 	removeHopByHop(h, true)
 	h["Via"] = append(h["Via"], p.via11)
 	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n")
@@ -610,20 +612,6 @@ func (p *Proxy) relayUpgrade(w http.ResponseWriter, oc *originConn, resp *http.R
 	oc.c.Close()
 	client.Close()
 	<-done
-}
-
-// forwardInformational sends a 1xx answer (103 Early Hints...) to the
-// client.
-func forwardInformational(w http.ResponseWriter, resp *http.Response, via string) {
-	wh := w.Header()
-	h := resp.Header
-	removeHopByHop(h, false)
-	for k, vs := range h {
-		wh[k] = vs
-	}
-	wh["Via"] = append(h["Via"], via)
-	w.WriteHeader(resp.StatusCode)
-	clear(wh)
 }
 
 // writeResponse writes a response Balise made (block page, refusal,

@@ -2,13 +2,21 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Origin connections: plain HTTP is forwarded over connections Balise
@@ -387,4 +395,304 @@ func (h *headLimit) Read(b []byte) (int, error) {
 	k, err := h.r.Read(b)
 	h.n -= int64(k)
 	return k, err
+}
+
+// answer is an origin's response head as readAnswer found it; its
+// fields went into the header map it was given.
+type answer struct {
+	status  int
+	close   bool  // the origin ends the connection after this answer
+	length  int64 // body length; -1: chunked or until the origin closes
+	chunked bool
+}
+
+var errBadAnswer = errors.New("malformed answer head from the origin")
+
+// readAnswer reads one response head from br into h (empty, the
+// client's header map: the answer is not copied again) and works out
+// its framing (RFC 9112 §6.3); head is true for an answer to HEAD. The
+// head's bytes become one string that keys and values are cut from.
+// An obsolete line folding, an invalid field, an unknown transfer coding
+// or conflicting lengths are errors (the client gets a 502).
+func readAnswer(br *bufio.Reader, h http.Header, head bool, scratch []byte) (answer, error) {
+	buf := scratch[:0]
+	lines, start := 0, 0
+	for {
+		chunk, err := br.ReadSlice('\n')
+		buf = append(buf, chunk...)
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err != nil {
+			if lines == 0 && len(buf) == 0 {
+				return answer{}, err
+			}
+			return answer{}, fmt.Errorf("%w: %w", errBadAnswer, err)
+		}
+		line := buf[start:]
+		lines++
+		start = len(buf)
+		if len(line) <= 2 && (string(line) == "\r\n" || string(line) == "\n") {
+			break
+		}
+	}
+	s := string(buf)
+	var a answer
+	status, rest, _ := strings.Cut(s, "\n")
+	status = strings.TrimSuffix(status, "\r")
+	var http10 bool
+	switch {
+	case strings.HasPrefix(status, "HTTP/1.1 "):
+	case strings.HasPrefix(status, "HTTP/1.0 "):
+		http10 = true
+	default:
+		return a, errBadAnswer
+	}
+	code := status[len("HTTP/1.1 "):]
+	if len(code) < 3 || (len(code) > 3 && code[3] != ' ') {
+		return a, errBadAnswer
+	}
+	for _, c := range code[:3] {
+		if c < '0' || c > '9' {
+			return a, errBadAnswer
+		}
+		a.status = a.status*10 + int(c-'0')
+	}
+	if a.status < 100 {
+		return a, errBadAnswer
+	}
+	vals := make([]string, lines-2)
+	for i := 0; ; i++ {
+		var line string
+		line, rest, _ = strings.Cut(rest, "\n")
+		line = strings.TrimSuffix(line, "\r")
+		if line == "" {
+			break
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return a, errBadAnswer // obsolete line folding
+		}
+		k, v, ok := strings.Cut(line, ":")
+		v = textproto.TrimString(v)
+		if !ok || !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {
+			return a, errBadAnswer
+		}
+		if !canonical(k) {
+			k = http.CanonicalHeaderKey(k)
+		}
+		if prev, ok := h[k]; ok {
+			h[k] = append(prev, v)
+			continue
+		}
+		vals[i] = v
+		h[k] = vals[i : i+1 : i+1]
+	}
+	conn := h["Connection"]
+	a.close = hasToken(conn, "close") || (http10 && !hasToken(conn, "keep-alive"))
+	te, cl := h["Transfer-Encoding"], h["Content-Length"]
+	switch {
+	case head || a.status < 200 || a.status == http.StatusNoContent || a.status == http.StatusNotModified:
+		a.length = 0
+	case len(te) > 0:
+		if len(te) != 1 || !strings.EqualFold(textproto.TrimString(te[0]), "chunked") {
+			return a, errBadAnswer
+		}
+		a.chunked, a.length = true, -1
+		if len(cl) > 0 {
+			delete(h, "Content-Length")
+			a.close = true // RFC 9112 §6.1: both framings, do not reuse
+		}
+	case len(cl) > 0:
+		for _, v := range cl[1:] {
+			if v != cl[0] {
+				return a, errBadAnswer
+			}
+		}
+		n, err := strconv.ParseUint(cl[0], 10, 63)
+		if err != nil {
+			return a, errBadAnswer
+		}
+		a.length = int64(n)
+	default:
+		a.length, a.close = -1, true // until the origin closes
+	}
+	return a, nil
+}
+
+// canonical reports whether k is already in canonical form (the usual
+// case), so that it needs no new string.
+func canonical(k string) bool {
+	upper := true
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		switch {
+		case upper && 'a' <= c && c <= 'z':
+			return false
+		case !upper && 'A' <= c && c <= 'Z':
+			return false
+		}
+		upper = c == '-'
+	}
+	return true
+}
+
+// originBody reads an answer's body from the origin connection: a
+// length, chunks (then trailers), or everything until the origin closes.
+// A body cut short is io.ErrUnexpectedEOF.
+type originBody struct {
+	br       *bufio.Reader
+	left     int64 // bytes left: of the body, or of the current chunk
+	chunked  bool
+	toClose  bool // until the origin closes
+	needCRLF bool // a chunk's data was read, its CRLF not yet
+	done     bool
+	trailer  http.Header
+}
+
+func (b *originBody) Read(p []byte) (int, error) {
+	if b.chunked {
+		return b.readChunked(p)
+	}
+	if b.toClose {
+		return b.br.Read(p)
+	}
+	if b.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.br.Read(p)
+	b.left -= int64(n)
+	if err == io.EOF && b.left > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	if b.left == 0 && err == nil {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// more reports whether the next Read returns without waiting for the
+// origin (data or the end are already buffered).
+func (b *originBody) more() bool {
+	n := b.br.Buffered()
+	switch {
+	case b.done || (!b.chunked && !b.toClose && b.left == 0):
+		return true
+	case !b.chunked || b.left > 0:
+		return n > 0
+	}
+	p, _ := b.br.Peek(n)
+	if b.needCRLF {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			return false
+		}
+		p = p[i+1:]
+	}
+	i := bytes.IndexByte(p, '\n')
+	if i < 0 {
+		return false
+	}
+	if len(p) > i+1 {
+		return true
+	}
+	size, _, _ := bytes.Cut(p[:i], []byte(";"))
+	return len(bytes.Trim(size, "0 \t\r")) == 0 // the last chunk
+}
+
+func (b *originBody) readChunked(p []byte) (int, error) {
+	for b.left == 0 {
+		if b.done {
+			return 0, io.EOF
+		}
+		if b.needCRLF {
+			if err := b.crlf(); err != nil {
+				return 0, err
+			}
+			b.needCRLF = false
+		}
+		line, err := b.line()
+		if err != nil {
+			return 0, err
+		}
+		size, _, _ := strings.Cut(line, ";")
+		size = strings.TrimRight(size, " \t")
+		if size == "" || len(size) > 15 {
+			return 0, errBadAnswer
+		}
+		n, err := strconv.ParseUint(size, 16, 63)
+		if err != nil {
+			return 0, errBadAnswer
+		}
+		if n == 0 {
+			if err := b.readTrailer(); err != nil {
+				return 0, err
+			}
+			b.done = true
+			return 0, io.EOF
+		}
+		b.left = int64(n)
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.br.Read(p)
+	b.left -= int64(n)
+	if b.left == 0 {
+		b.needCRLF = true
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// line reads one line of chunk framing (without its end of line).
+func (b *originBody) line() (string, error) {
+	l, err := b.br.ReadSlice('\n')
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		if err == bufio.ErrBufferFull {
+			err = errBadAnswer
+		}
+		return "", err
+	}
+	l = bytes.TrimSuffix(bytes.TrimSuffix(l, []byte("\n")), []byte("\r"))
+	return string(l), nil
+}
+
+func (b *originBody) crlf() error {
+	l, err := b.line()
+	if err != nil {
+		return err
+	}
+	if l != "" {
+		return errBadAnswer
+	}
+	return nil
+}
+
+func (b *originBody) readTrailer() error {
+	for {
+		l, err := b.line()
+		if err != nil {
+			return err
+		}
+		if l == "" {
+			return nil
+		}
+		k, v, ok := strings.Cut(l, ":")
+		v = textproto.TrimString(v)
+		if !ok || !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {
+			return errBadAnswer
+		}
+		if b.trailer == nil {
+			b.trailer = http.Header{}
+		}
+		b.trailer.Add(k, v)
+	}
 }
