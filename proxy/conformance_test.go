@@ -453,6 +453,7 @@ func conformanceRows() []confRow {
 					o.write("HTTP/1.1 200 OK\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
 				},
 				run: func(t *testing.T, c *confClient) {
+					sent100.Store(false)
 					conn, br := c.dial()
 					io.WriteString(conn, c.req("POST", "unlisted.test", "/up", "Expect: 100-continue\r\nContent-Length: 5\r\n"))
 					resp, err := http.ReadResponse(br, nil)
@@ -511,6 +512,121 @@ func conformanceRows() []confRow {
 				}
 				if got := resp.Trailer.Get("X-Sum"); got != "abc" {
 					t.Errorf("trailer X-Sum = %q, want abc", got)
+				}
+			},
+		},
+		func() confRow {
+			got := make(chan struct{}, 1)
+			return confRow{
+				name: "chunked stream forwarded as it comes",
+				origin: func(o *originSide) {
+					if _, err := o.next(); err != nil {
+						return
+					}
+					o.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n")
+					select {
+					case <-got:
+					case <-time.After(5 * time.Second):
+					}
+					o.write("5\r\nlast\n\r\n0\r\n\r\n")
+				},
+				run: func(t *testing.T, c *confClient) {
+					conn, br := c.dial()
+					io.WriteString(conn, c.req("GET", "unlisted.test", "/", ""))
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						t.Fatalf("head of a stream: %v", err)
+					}
+					line, err := bufio.NewReader(resp.Body).ReadString('\n')
+					if err != nil || line != "first\n" {
+						t.Fatalf("first chunk = %q %v", line, err)
+					}
+					got <- struct{}{}
+				},
+			}
+		}(),
+		{
+			name:   "no Content-Type invented for an answer without one",
+			origin: answerAll(func(int) string { return "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n<html" }),
+			run: func(t *testing.T, c *confClient) {
+				resp, body := c.get("/")
+				if ct, ok := resp.Header["Content-Type"]; ok || body != "<html" {
+					t.Errorf("answer Content-Type = %q, body %q; want none, <html", ct, body)
+				}
+			},
+		},
+		{
+			name: "103 Early Hints forwarded before the answer",
+			origin: answerAll(func(int) string {
+				return "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + okAnswer
+			}),
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				resp, _, err := c.roundTrip(conn, br, "GET", c.req("GET", "unlisted.test", "/", ""))
+				if err != nil || resp.StatusCode != 103 || resp.Header.Get("Link") == "" {
+					t.Fatalf("first answer = %v %v, want 103 with Link", resp, err)
+				}
+				resp, body, err := c.roundTrip(conn, br, "GET", "")
+				if err != nil || resp.StatusCode != 200 || body != "ok" {
+					t.Fatalf("final answer = %v %q %v", resp, body, err)
+				}
+			},
+		},
+		func() confRow {
+			var n atomic.Int32 // answers given, on every connection
+			return confRow{
+				name: "malformed answer heads: 502",
+				origin: answerAll(func(int) string {
+					switch n.Add(1) {
+					case 1:
+						return "HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok"
+					case 2:
+						return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"
+					}
+					return "HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 2\r\n\r\nok"
+				}),
+				run: func(t *testing.T, c *confClient) {
+					n.Store(0)
+					for i := 1; i <= 3; i++ {
+						resp, _ := c.get(fmt.Sprintf("/%d", i))
+						if resp.StatusCode != http.StatusBadGateway {
+							t.Errorf("malformed answer %d = %d, want 502", i, resp.StatusCode)
+						}
+					}
+					if got := n.Load(); got != 3 {
+						t.Errorf("origin answered %d times, want 3", got)
+					}
+				},
+			}
+		}(),
+		{
+			name: "Transfer-Encoding over Content-Length: length dropped, connection not reused",
+			origin: answerAll(func(int) string {
+				return "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+			}),
+			run: func(t *testing.T, c *confClient) {
+				for range 2 {
+					resp, body := c.get("/")
+					if resp.StatusCode != 200 || body != "ok" || resp.ContentLength == 100 {
+						t.Fatalf("answer = %d %q (length %d), want 200 ok without the length", resp.StatusCode, body, resp.ContentLength)
+					}
+				}
+				if n := c.origin.accepted.Load(); n != 2 {
+					t.Errorf("origin connections = %d, want 2", n)
+				}
+			},
+		},
+		{
+			name: "answer delimited by the origin's close",
+			origin: func(o *originSide) {
+				if _, err := o.next(); err == nil {
+					o.write("HTTP/1.0 200 OK\r\n\r\nuntil close")
+				}
+			},
+			run: func(t *testing.T, c *confClient) {
+				resp, body := c.get("/")
+				if resp.StatusCode != 200 || body != "until close" {
+					t.Errorf("answer = %d %q, want 200 until close", resp.StatusCode, body)
 				}
 			},
 		},
