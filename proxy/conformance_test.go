@@ -647,6 +647,24 @@ func conformanceRows() []confRow {
 			},
 		},
 		{
+			name:   "framing kept whatever Connection names",
+			origin: answerAll(func(int) string { return okAnswer }),
+			run: func(t *testing.T, c *confClient) {
+				conn, br := c.dial()
+				raw := c.req("POST", "unlisted.test", "/b", "Connection: Content-Length, Host\r\nContent-Length: 4\r\n") + "data"
+				if resp, _, err := c.roundTrip(conn, br, "POST", raw); err != nil || resp.StatusCode != 200 {
+					t.Fatalf("POST: %v %v", resp, err)
+				}
+				r := c.origin.requests()[0]
+				if cl := fieldValues(r.head, "Content-Length"); len(cl) != 1 || cl[0] != "4" || r.body != "data" {
+					t.Errorf("origin Content-Length %q, body %q; want 4, data", cl, r.body)
+				}
+				if h := fieldValues(r.head, "Host"); len(h) != 1 {
+					t.Errorf("origin Host = %q, want one", h)
+				}
+			},
+		},
+		{
 			name:   "request body forwarded exactly: chunked with trailers",
 			origin: answerAll(func(int) string { return okAnswer }),
 			run: func(t *testing.T, c *confClient) {

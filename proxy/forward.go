@@ -62,7 +62,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, mode int, dest s
 	hasBody := r.Body != nil && r.Body != http.NoBody
 	retryable := !hasBody && idempotent(r.Method)
 	key := p.originKey(dest, tlsOrigin)
-	x := exchange{r: r, hasBody: hasBody, upgrade: isUpgrade(r.Header), target: originForm(r)}
+	x := exchange{r: r, dest: dest, hasBody: hasBody, upgrade: isUpgrade(r.Header), target: originForm(r)}
 	if p.dial.parent != nil && !tlsOrigin {
 		x.toParent = true
 		if x.target == "*" {
@@ -128,6 +128,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, mode int, dest s
 // exchange is one request being forwarded.
 type exchange struct {
 	r        *http.Request
+	dest     string // "host:port" the request goes to
 	target   string // request target sent
 	toParent bool   // sent to the parent proxy (absolute form)
 	hasBody  bool
@@ -199,7 +200,11 @@ func (p *Proxy) writeHead(b *bufio.Writer, x *exchange, chunked bool) {
 	b.WriteByte(' ')
 	b.WriteString(x.target)
 	b.WriteString(" HTTP/1.1\r\nHost: ")
-	b.WriteString(r.Host)
+	if r.Host != "" {
+		b.WriteString(r.Host)
+	} else {
+		b.WriteString(x.dest) // an HTTP/1.0 request without Host
+	}
 	b.WriteString("\r\n")
 	h := r.Header
 	conn := h["Connection"]
@@ -214,8 +219,8 @@ func (p *Proxy) writeHead(b *bufio.Writer, x *exchange, chunked bool) {
 			}
 			continue
 		}
-		if k == "Via" || (len(conn) > 0 && hasToken(conn, k)) {
-			continue
+		if k == "Via" || k == "Content-Length" || (len(conn) > 0 && hasToken(conn, k)) {
+			continue // Via and the framing are written below, whatever Connection names
 		}
 		writeField(b, k, vs)
 	}
@@ -224,6 +229,14 @@ func (p *Proxy) writeHead(b *bufio.Writer, x *exchange, chunked bool) {
 	}
 	if teTrailers {
 		b.WriteString("Te: trailers\r\n")
+	}
+	switch _, cl := h["Content-Length"]; {
+	case !chunked && r.ContentLength > 0:
+		b.WriteString("Content-Length: ")
+		b.WriteString(strconv.FormatInt(r.ContentLength, 10))
+		b.WriteString("\r\n")
+	case !chunked && cl:
+		b.WriteString("Content-Length: 0\r\n")
 	}
 	if chunked {
 		b.WriteString("Transfer-Encoding: chunked\r\n")

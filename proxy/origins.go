@@ -47,6 +47,7 @@ type originConn struct {
 	c      net.Conn
 	key    string
 	lim    headLimit     // c's reads, bounded while a response head is read
+	cw     connWriter    // c's writes
 	br     *bufio.Reader // nil while idle
 	bw     *bufio.Writer // nil while idle
 	reused bool          // taken from the pool rather than dialled
@@ -95,7 +96,7 @@ func (o *originPool) setLimits(perHost, total int, timeout time.Duration) {
 
 // newConn wraps a freshly dialled connection for key.
 func (o *originPool) newConn(c net.Conn, key string) *originConn {
-	oc := &originConn{c: c, key: key}
+	oc := &originConn{c: c, key: key, cw: connWriter{c}}
 	oc.lim = headLimit{r: c, n: -1}
 	o.attach(oc)
 	return oc
@@ -110,10 +111,10 @@ func (o *originPool) attach(oc *originConn) {
 		oc.br = bufio.NewReaderSize(&oc.lim, originBufSize)
 	}
 	if bw, ok := o.writers.Get().(*bufio.Writer); ok {
-		bw.Reset(connWriter{oc.c})
+		bw.Reset(&oc.cw)
 		oc.bw = bw
 	} else {
-		oc.bw = bufio.NewWriterSize(connWriter{oc.c}, originBufSize)
+		oc.bw = bufio.NewWriterSize(&oc.cw, originBufSize)
 	}
 }
 
@@ -322,7 +323,7 @@ func (o *originPool) idleCount() int {
 // connection allocate one per copy.
 type connWriter struct{ c net.Conn }
 
-func (w connWriter) Write(b []byte) (int, error) { return w.c.Write(b) }
+func (w *connWriter) Write(b []byte) (int, error) { return w.c.Write(b) }
 
 // originKey returns the pool key and the dial function for a request
 // to dest ("host:port"), in plain HTTP or, with tlsOrigin, over TLS.

@@ -222,16 +222,24 @@ func (p *Proxy) isSelf(u string) bool {
 	if err != nil {
 		host, port = u, "80"
 	}
-	if ap, ok := literalAddrPort(host, port); ok {
-		if p.dests.isOwn(ap, true) {
-			return true
+	if host != "" && (host[0] >= '0' && host[0] <= '9' || strings.IndexByte(host, ':') >= 0) {
+		if ap, ok := literalAddrPort(host, port); ok {
+			if p.dests.isOwn(ap, true) {
+				return true
+			}
+			host = ap.Addr().Unmap().WithZone("").String()
 		}
-		host = ap.Addr().Unmap().WithZone("").String()
 	}
-	key := net.JoinHostPort(strings.ToLower(strings.TrimSuffix(host, ".")), port)
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return false
+	}
 	p.selfMu.RLock()
 	defer p.selfMu.RUnlock()
-	return p.self[key]
+	if !p.selfPorts[uint16(n)] {
+		return false // none of our listeners: no need to build the key
+	}
+	return p.self[net.JoinHostPort(strings.ToLower(strings.TrimSuffix(host, ".")), port)]
 }
 
 // clientAddr returns the client's address from a request's RemoteAddr.
