@@ -104,8 +104,11 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, mode int, dest s
 		stop()
 		clear(wh)
 		if x.body != nil {
+			// The client's body was not read whole: its connection ends
+			// with this answer.
 			x.body.abort(w, oc)
 			x.body = nil
+			wh["Connection"] = []string{"close"}
 		}
 		p.origins.discard(oc)
 		if ctx.Err() != nil {

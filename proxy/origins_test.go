@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -201,5 +203,99 @@ func TestOriginPoolClientGone(t *testing.T) {
 				t.Fatal("origin connection still open 5s after the client left")
 			}
 		})
+	}
+}
+
+// TestReadAnswer compares Balise's answer reader (readAnswer and
+// originBody) with net/http's on well-formed answers, read through a
+// reader that hands out one byte at a time, and checks that it refuses
+// what it must.
+func TestReadAnswer(t *testing.T) {
+	good := []struct{ raw, method string }{
+		{"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello", "GET"},
+		{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nX-Sum: 9\r\n\r\n", "GET"},
+		{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "GET"},
+		{"HTTP/1.1 204 No Content\r\n\r\n", "GET"},
+		{"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", "GET"},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", "HEAD"},
+		{"HTTP/1.0 200 OK\r\n\r\nuntil the end", "GET"},
+		{"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", "GET"},
+		{"HTTP/1.1 404\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", "GET"},
+		{"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", "GET"},
+	}
+	for _, tt := range good {
+		want, err := http.ReadResponse(bufio.NewReader(strings.NewReader(tt.raw)), &http.Request{Method: tt.method})
+		if err != nil {
+			t.Fatalf("net/http on %q: %v", tt.raw, err)
+		}
+		wantBody, _ := io.ReadAll(want.Body)
+		br := bufio.NewReaderSize(iotest.OneByteReader(strings.NewReader(tt.raw)), 16)
+		h := http.Header{}
+		a, err := readAnswer(br, h, tt.method == "HEAD", nil)
+		if err != nil {
+			t.Errorf("readAnswer(%q): %v", tt.raw, err)
+			continue
+		}
+		b := originBody{br: br, chunked: a.chunked, toClose: a.length < 0 && !a.chunked}
+		if a.length > 0 {
+			b.left = a.length
+		}
+		var body []byte
+		if a.length != 0 {
+			body, err = io.ReadAll(&b)
+			if err != nil {
+				t.Errorf("body of %q: %v", tt.raw, err)
+			}
+		}
+		if a.status != want.StatusCode || string(body) != string(wantBody) || a.close != want.Close {
+			t.Errorf("%q: status %d body %q close %v; net/http: %d %q %v", tt.raw, a.status, body, a.close, want.StatusCode, wantBody, want.Close)
+		}
+		if want.ContentLength >= 0 && a.length != want.ContentLength && tt.method != "HEAD" {
+			t.Errorf("%q: length %d, net/http %d", tt.raw, a.length, want.ContentLength)
+		}
+		for k, vs := range want.Header {
+			if strings.Join(h[k], ",") != strings.Join(vs, ",") {
+				t.Errorf("%q: %s = %q, net/http %q", tt.raw, k, h[k], vs)
+			}
+		}
+		for k, vs := range want.Trailer {
+			if strings.Join(b.trailer[k], ",") != strings.Join(vs, ",") {
+				t.Errorf("%q: trailer %s = %q, net/http %q", tt.raw, k, b.trailer[k], vs)
+			}
+		}
+	}
+	bad := []string{
+		"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",                              // obsolete folding
+		"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", // conflicting lengths
+		"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nNoColon\r\n\r\n",
+		"HTTP/2 200 OK\r\n\r\n",
+		"HTTP/1.1 2x0 OK\r\n\r\n",
+		"HTTP/1.1 099 Low\r\n\r\n",
+	}
+	for _, raw := range bad {
+		if _, err := readAnswer(bufio.NewReader(strings.NewReader(raw)), http.Header{}, false, nil); !errors.Is(err, errBadAnswer) {
+			t.Errorf("readAnswer(%q) = %v, want errBadAnswer", raw, err)
+		}
+	}
+	cut := []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX3\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+	}
+	for _, raw := range cut {
+		br := bufio.NewReader(strings.NewReader(raw))
+		a, err := readAnswer(br, http.Header{}, false, nil)
+		if err != nil {
+			t.Fatalf("readAnswer(%q): %v", raw, err)
+		}
+		b := originBody{br: br, chunked: a.chunked, left: max(a.length, 0)}
+		if _, err := io.ReadAll(&b); err == nil {
+			t.Errorf("body of %q read whole, want an error", raw)
+		}
 	}
 }
