@@ -265,7 +265,7 @@ func TestReadAnswer(t *testing.T) {
 		}
 	}
 	bad := []string{
-		"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",                              // obsolete folding
+		"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",                             // obsolete folding
 		"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", // conflicting lengths
 		"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
 		"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
