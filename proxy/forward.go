@@ -95,6 +95,14 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, mode int, dest s
 		if err == nil {
 			if a.status == http.StatusSwitchingProtocols {
 				stop()
+				if x.body != nil {
+					// The protocol switches after the request's body.
+					if finished, ok := x.body.wait(bodyWriteWait); !finished || !ok {
+						x.body.abort(w, oc)
+						p.origins.discard(oc)
+						return
+					}
+				}
 				p.relayUpgrade(w, oc)
 				return
 			}
