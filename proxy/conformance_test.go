@@ -366,8 +366,8 @@ func conformanceRows() []confRow {
 					n.Store(0)
 					for i := 1; i <= 3; i++ {
 						resp, _ := c.get(fmt.Sprintf("/%d", i))
-						if resp.StatusCode != http.StatusBadGateway {
-							t.Errorf("malformed answer %d = %d, want 502", i, resp.StatusCode)
+						if resp.StatusCode != http.StatusBadGateway || !strings.Contains(resp.Header.Get("Proxy-Status"), "http_protocol_error") {
+							t.Errorf("malformed answer %d = %d (%q), want 502 http_protocol_error", i, resp.StatusCode, resp.Header.Get("Proxy-Status"))
 						}
 					}
 					if got := n.Load(); got != 3 {

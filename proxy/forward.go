@@ -127,8 +127,11 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, mode int, dest s
 		}
 		p.logger().Debug("origin exchange failed", "dest", dest, "err", err)
 		ps := proxyStatus("http_response_incomplete", "")
-		if errors.Is(err, errHeadTooLarge) {
+		switch {
+		case errors.Is(err, errHeadTooLarge):
 			ps = proxyStatus("http_response_header_section_size", "")
+		case errors.Is(err, errBadAnswer):
+			ps = proxyStatus("http_protocol_error", "")
 		}
 		writeResponse(w, textResponse(r, http.StatusBadGateway, ps,
 			"Balise : réponse invalide de la destination / invalid answer from the destination\n"))
