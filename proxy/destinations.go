@@ -9,8 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-
-	"github.com/elazarl/goproxy"
 )
 
 // Destinations the proxy never connects to: loopback, link-local,
@@ -21,8 +19,8 @@ import (
 // never from Balise's own listeners nor from DenyDestinations.
 //
 // The rule is enforced in the Control hook of the net.Dialer every
-// forwarding path dials through (tunnels, the origin pool, the shared
-// http.Transport and so goproxy's upgrades), so it sees each address
+// forwarding path dials through (tunnels, and the origin connections of
+// plain HTTP, upgrades included), so it sees each address
 // actually dialled, after resolution: a refused address is skipped and the
 // next one is tried, and a name whose DNS answer points at loopback is
 // caught like a literal. With a parent proxy, the parent does the
@@ -276,18 +274,6 @@ func (p *Proxy) dialErrorResponse(r *http.Request, mode int, err error) *http.Re
 	}
 	return textResponse(r, http.StatusBadGateway, proxyStatus(proxyStatusForDialError(err), ""),
 		"Balise : destination injoignable / destination unreachable\n")
-}
-
-// onUpstreamError returns goproxy's response hook for mode: a failed
-// forward becomes a 403 (refused destination) or a 502 with an RFC 9209
-// Proxy-Status instead of goproxy's bare 500 with the error text.
-func (p *Proxy) onUpstreamError(mode int) func(*http.Response, *goproxy.ProxyCtx) *http.Response {
-	return func(resp *http.Response, ctx *goproxy.ProxyCtx) *http.Response {
-		if resp != nil || ctx.Error == nil {
-			return resp
-		}
-		return p.dialErrorResponse(ctx.Req, mode, ctx.Error)
-	}
 }
 
 // refuseConnectDial answers a CONNECT whose destination could not be

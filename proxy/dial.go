@@ -70,33 +70,13 @@ func newDialer(o *Options, dests *destinations, observe func(time.Duration)) (*d
 	return d, nil
 }
 
-// dialDirect connects to addr without the parent (the transport uses it to
+// dialDirect connects to addr without the parent (plain HTTP uses it to
 // reach the parent itself, or destinations when there is none).
 func (d *dialer) dialDirect(ctx context.Context, network, addr string) (net.Conn, error) {
 	if d.parent != nil {
 		return d.dialVia(ctx, &d.plain, network, addr)
 	}
 	return d.dialVia(ctx, &d.net, network, addr)
-}
-
-// proxyURL is the transport's Proxy function. With a parent proxy, it
-// checks the request's destination before handing it over.
-func (d *dialer) proxyURL(r *http.Request) (*url.URL, error) {
-	if d.parent == nil {
-		return nil, nil
-	}
-	hostport := r.URL.Host
-	if r.URL.Port() == "" {
-		port := "80"
-		if r.URL.Scheme == "https" {
-			port = "443"
-		}
-		hostport = net.JoinHostPort(r.URL.Hostname(), port)
-	}
-	if err := d.checkHostPort(r.Context(), hostport); err != nil {
-		return nil, err
-	}
-	return d.parent, nil
 }
 
 // dialTunnel opens a byte stream to addr for a tunnel: a TCP connection,

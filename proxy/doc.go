@@ -24,10 +24,20 @@
 //	  │         closed, counted, logged; its server name is decided too
 //	  │         ──▶ tunnel (tunnel.go: splice, idle, lifetime, until)
 //	  └─ plain HTTP (explicit absolute-form / transparent Host header)
+//	       ├─ Via carries Balise's pseudonym ───────────▶ 508 loop
 //	       ├─ Decide(host) blocks ──▶ 403 block page (blockpage.go)
-//	       └─ forward.go: bodyless GET/HEAD over the origin pool,
-//	            the rest through http.Transport, upgrades through goproxy;
-//	            all of them dial through the guarded dialer
+//	       └─ forward.go, the one forwarder (explicit and transparent,
+//	            bodies, 100-continue, trailers, upgrades):
+//	            ├─ request head rewritten: hop-by-hop fields out, Via in,
+//	            │    origin form (absolute form to the parent proxy)
+//	            ├─ origin connection: an idle one from the pool
+//	            │    (origins.go: per-host and global caps, idle timeout
+//	            │    swept by a timer) or dialled through the guarded
+//	            │    dialer (destinations.go) ──▶ 403 / 502
+//	            ├─ answer: hop-by-hop fields out, Via in, body streamed,
+//	            │    trailers; cut short ──▶ client answer aborted
+//	            ├─ 101 to an upgrade (WebSocket) ──▶ byte relay both ways
+//	            └─ exchange ended cleanly ──▶ connection back to the pool
 //
 // Every open tunnel and kept-alive connection is decided again when the
 // policy in force changes (Redecide: a reload, a list update, a grant
@@ -35,10 +45,17 @@
 // when it is now blocked. Reconfigure applies a reloaded [proxy] section
 // to the next request and connection.
 //
-// goproxy carries protocol upgrades (WebSocket) and transparent HTTP;
-// Balise forwards explicit plain HTTP itself (forward.go) and hijacks
-// CONNECT itself, so that the TLS gate, the tunnel limits and the splice
-// relay see the raw connection.
+// What each piece does. net/http's server reads the client's requests
+// on every HTTP listener (header timeout and size, keep-alive, the
+// connection tracking that re-decisions use). goproxy routes the
+// explicit listener's CONNECT requests to Balise's hijack (connect.go),
+// which keeps the raw connection so that the TLS gate, the tunnel
+// limits and the splice relay see it. Plain HTTP does not go through
+// goproxy's handler, which forwards through http.Transport without
+// Balise's RFC 9110 handling: Balise's forwarder (forward.go) carries it
+// over the origin connections it keeps itself (origins.go), one
+// request at a time on the client's own goroutine (a second one only
+// for a request body, and for the other direction of an upgrade).
 //
 // Requests addressed to the proxy itself are its portal: GET /proxy.pac
 // and /wpad.dat, and GET / showing the caller what it may reach now.

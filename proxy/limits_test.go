@@ -175,7 +175,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 	for _, c := range conns {
 		c.Close()
 	}
-	e.p.tr.CloseIdleConnections()
+	e.p.origins.closeAll()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		n := runtime.NumGoroutine()
@@ -188,7 +188,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 			t.Fatalf("goroutines = %d after every client left, base %d\n%s", n, base, buf)
 		}
 		time.Sleep(50 * time.Millisecond)
-		e.p.tr.CloseIdleConnections()
+		e.p.origins.closeAll()
 	}
 	if got := e.metric("balise_proxy_tunnels_active", map[string]string{"mode": "explicit"}); got != 0 {
 		t.Errorf("tunnels_active = %v, want 0", got)

@@ -36,10 +36,11 @@ type Proxy struct {
 	dests  *destinations
 	certs  *certCache // nil without a CA
 	icept  *interceptor
-	tr     *http.Transport
 	tunnel tunnelSet
 	conns  connSet // client connections of the HTTP listeners
 	via    string  // Via pseudonym, for loop detection
+	via10  string  // Via entries added to messages received in HTTP/1.0
+	via11  string  // and in HTTP/1.1
 	lm     *listenerMetrics
 
 	live atomic.Pointer[settings] // what a reload may change (cfg, Reconfigure)
@@ -55,7 +56,8 @@ type Proxy struct {
 	refusalLog decisionlog.RateBound // rate bound of refusal log lines
 
 	sniChecks chan struct{} // slots for background SNI/address checks
-	origins   *originPool   // nil with a parent proxy
+	origins   *originPool   // idle origin (or parent proxy) connections
+	parentKey string        // origins' key for plain HTTP through the parent
 }
 
 // New returns a Proxy configured by opts. It fails when opts.Policy is
@@ -83,6 +85,7 @@ func New(opts Options) (*Proxy, error) {
 	p.live.Store(s)
 	p.tunnel.init()
 	p.via = newViaToken()
+	p.via10, p.via11 = "1.0 "+p.via, "1.1 "+p.via
 	p.dests = newDestinations(opts.DenyDestinations, opts.AllowDestinations, &p.local)
 	for _, ap := range opts.OwnListeners {
 		p.dests.addListener(ap, false)
@@ -100,28 +103,18 @@ func New(opts Options) (*Proxy, error) {
 	p.icept = newInterceptor(p)
 	p.SetServiceHosts(opts.ServiceHosts)
 
-	if opts.Parent == nil {
-		p.origins = newOriginPool(p.dialContextTimed)
+	p.origins = newOriginPool()
+	if p.dial.parent != nil {
+		p.parentKey = "parent " + p.dial.parent.Host
 	}
-	p.tr = &http.Transport{
-		Proxy:                  p.dial.proxyURL,
-		DialContext:            p.dialContextTimed,
-		MaxIdleConns:           4096,
-		MaxIdleConnsPerHost:    512,
-		IdleConnTimeout:        90 * time.Second,
-		TLSHandshakeTimeout:    opts.DialTimeout,
-		ExpectContinueTimeout:  time.Second,
-		DisableCompression:     true,
-		MaxResponseHeaderBytes: int64(opts.MaxHeaderBytes) * 4,
-	}
+	// goproxy routes the explicit listener's CONNECT requests to the
+	// hijack (connect.go); plain HTTP never reaches it (forward.go).
 	gp := goproxy.NewProxyHttpServer()
 	gp.Logger = log.New(io.Discard, "", 0)
-	gp.Tr = p.tr
+	gp.Tr = nil
 	gp.ConnectDial = nil
-	gp.KeepAcceptEncoding = true
 	gp.NonproxyHandler = http.HandlerFunc(p.servePortal)
-	gp.OnRequest().DoFunc(p.onRequest)
-	gp.OnResponse().DoFunc(p.onUpstreamError(modeExplicit))
+	gp.OnRequest().HijackConnect(p.hijackConnect)
 	p.gp = gp
 	return p, nil
 }
@@ -191,9 +184,16 @@ func (p *Proxy) shutdown(srv *http.Server) {
 	}
 	p.tunnel.closeAll(causeShutdown, 5*time.Second)
 	p.icept.close()
-	if p.origins != nil {
-		p.origins.closeAll()
-	}
+	p.origins.closeAll()
+}
+
+// Close closes the idle origin connections and stops their sweep; the
+// connections of requests in progress are closed when they end. Serve
+// and Start close idle connections themselves when they stop; Close is
+// for a Proxy that is no longer used at all.
+func (p *Proxy) Close() error {
+	p.origins.close()
+	return nil
 }
 
 func (p *Proxy) addSelf(a net.Addr) {
@@ -222,16 +222,24 @@ func (p *Proxy) isSelf(u string) bool {
 	if err != nil {
 		host, port = u, "80"
 	}
-	if ap, ok := literalAddrPort(host, port); ok {
-		if p.dests.isOwn(ap, true) {
-			return true
+	if host != "" && (host[0] >= '0' && host[0] <= '9' || strings.IndexByte(host, ':') >= 0) {
+		if ap, ok := literalAddrPort(host, port); ok {
+			if p.dests.isOwn(ap, true) {
+				return true
+			}
+			host = ap.Addr().Unmap().WithZone("").String()
 		}
-		host = ap.Addr().Unmap().WithZone("").String()
 	}
-	key := net.JoinHostPort(strings.ToLower(strings.TrimSuffix(host, ".")), port)
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return false
+	}
 	p.selfMu.RLock()
 	defer p.selfMu.RUnlock()
-	return p.self[key]
+	if !p.selfPorts[uint16(n)] {
+		return false // none of our listeners: no need to build the key
+	}
+	return p.self[net.JoinHostPort(strings.ToLower(strings.TrimSuffix(host, ".")), port)]
 }
 
 // clientAddr returns the client's address from a request's RemoteAddr.
@@ -257,11 +265,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodConnect {
-		conn, _, err := (&hijackWriter{ResponseWriter: w}).Hijack()
-		if err != nil {
-			return
-		}
-		p.hijackConnect(r, conn, nil)
+		p.gp.ServeHTTP(&hijackWriter{ResponseWriter: w}, r) // to hijackConnect
 		return
 	}
 	if !r.URL.IsAbs() || p.isSelf(r.URL.Host) {
@@ -273,7 +277,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, http.StatusBadRequest, "http_request_error", "unsupported scheme", "Balise: unsupported scheme\n")
 		return
 	}
-	if strings.Contains(r.Header.Get("Via"), p.via) {
+	if p.looped(r.Header) {
 		p.m.refusals[modeExplicit][refusalLoop].Inc()
 		p.refuse(w, http.StatusLoopDetected, "http_request_error", "request loop", "Balise: request loop\n")
 		return
@@ -286,11 +290,38 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if r.Header.Get("Upgrade") != "" {
-		p.serveUpgrade(p.gp, w, r) // WebSocket and other upgrades
+	if resp := p.decideRequest(r); resp != nil {
+		writeResponse(w, resp)
 		return
 	}
-	p.forward(w, r)
+	dest, tlsOrigin := r.URL.Host, r.URL.Scheme == "https"
+	if r.URL.Port() == "" {
+		port := "80"
+		if tlsOrigin {
+			port = "443"
+		}
+		dest = net.JoinHostPort(r.URL.Hostname(), port)
+	}
+	if isUpgrade(r.Header) {
+		// WebSocket and other upgrades: the connection stays tracked
+		// (re-decided) while its bytes are relayed.
+		p.serveUpgrade(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p.forward(w, r, modeExplicit, dest, tlsOrigin)
+		}), w, r)
+		return
+	}
+	p.forward(w, r, modeExplicit, dest, tlsOrigin)
+}
+
+// looped reports whether a request already went through this Balise
+// (its Via pseudonym in any Via entry).
+func (p *Proxy) looped(h http.Header) bool {
+	for _, v := range h["Via"] {
+		if strings.Contains(v, p.via) {
+			return true
+		}
+	}
+	return false
 }
 
 // newViaToken returns this instance's Via pseudonym: requests that
@@ -314,8 +345,9 @@ func (p *Proxy) refuse(w http.ResponseWriter, status int, errType, details, body
 	io.WriteString(w, body)
 }
 
-// onRequest decides a plain HTTP (absolute-form) request.
-func (p *Proxy) onRequest(r *http.Request, _ *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+// decideRequest decides a plain HTTP (absolute-form) request: nil when
+// it may go, the answer to give otherwise (block page, bad request).
+func (p *Proxy) decideRequest(r *http.Request) *http.Response {
 	client := clientAddr(r.RemoteAddr)
 	host := r.URL.Hostname()
 	pol := p.opts.Policy.Load()
@@ -323,17 +355,16 @@ func (p *Proxy) onRequest(r *http.Request, _ *goproxy.ProxyCtx) (*http.Request, 
 	d := pol.Decide(policy.Query{Host: host, Client: client, Time: now})
 	if d.Invalid {
 		p.m.refusals[modeExplicit][refusalBadRequest].Inc()
-		return r, textResponse(r, http.StatusBadRequest, proxyStatus("http_request_error", "invalid host name"), "Balise: invalid host name\n")
+		return textResponse(r, http.StatusBadRequest, proxyStatus("http_request_error", "invalid host name"), "Balise: invalid host name\n")
 	}
 	pol, d = p.noteAllowed(r, host, client, pol, d, now)
 	p.m.request(modeExplicit, kindHTTP, d, -1)
 	p.logDecision("http", client, host, d, now)
 	if d.Verdict == policy.Block {
 		body := p.blockPage(pol, client, host, d, now, r.Header.Get("Accept-Language"))
-		return r, blockResponse(r, body)
+		return blockResponse(r, body)
 	}
-	r.Header.Add("Via", "1.1 "+p.via)
-	return r, nil
+	return nil
 }
 
 func (p *Proxy) logDecision(front string, client netip.Addr, host string, d policy.Decision, now time.Time) {

@@ -113,10 +113,7 @@ func (p *Proxy) Reconfigure(o Options) error {
 	if !slices.Equal(old.DenyDestinations, o.DenyDestinations) || !slices.Equal(old.AllowDestinations, o.AllowDestinations) {
 		// Idle origin connections were dialled under the old lists: the
 		// next request must dial, and be checked, again.
-		if p.origins != nil {
-			p.origins.closeAll()
-		}
-		p.tr.CloseIdleConnections()
+		p.origins.closeAll()
 	}
 	return nil
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/balise-net/balise/internal/policy"
-	"github.com/elazarl/goproxy"
 )
 
 // Transparent mode: the gateway redirects workstations' TCP 80 and 443 to
@@ -57,22 +56,8 @@ type origDst struct {
 // logs msg="listening" service=transparent-http before it returns.
 func (p *Proxy) StartTransparentHTTP(ctx context.Context, ln net.Listener) <-chan error {
 	p.addSelf(ln.Addr())
-	gp := goproxy.NewProxyHttpServer()
-	gp.Logger = log.New(io.Discard, "", 0)
-	gp.Tr = p.tr
-	// A CONNECT sent to this port is refused by serveTransparentHTTP; were
-	// one to reach goproxy, it would be dialled the way tunnels are
-	// (destinations checked, through the parent if any), never through
-	// goproxy's own dialer or HTTPS_PROXY.
-	gp.ConnectDialWithReq = func(r *http.Request, _, addr string) (net.Conn, error) { return p.dial.dialTunnel(r.Context(), addr) }
-	gp.KeepAcceptEncoding = true
-	gp.OnRequest().DoFunc(func(r *http.Request, _ *goproxy.ProxyCtx) (*http.Request, *http.Response) {
-		r.Header.Add("Via", "1.1 "+p.via)
-		return r, nil
-	})
-	gp.OnResponse().DoFunc(p.onUpstreamError(modeTransparent))
 	srv := &http.Server{
-		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serveTransparentHTTP(gp, w, r) }),
+		Handler:           http.HandlerFunc(p.serveTransparentHTTP),
 		ReadHeaderTimeout: p.opts.HeaderTimeout,
 		IdleTimeout:       p.opts.IdleTimeout,
 		MaxHeaderBytes:    p.opts.MaxHeaderBytes,
@@ -92,7 +77,7 @@ func (p *Proxy) StartTransparentHTTP(ctx context.Context, ln net.Listener) <-cha
 	return p.serveUntil(ctx, srv, ln, modeTransparent, "transparent-http")
 }
 
-func (p *Proxy) serveTransparentHTTP(gp *goproxy.ProxyHttpServer, w http.ResponseWriter, r *http.Request) {
+func (p *Proxy) serveTransparentHTTP(w http.ResponseWriter, r *http.Request) {
 	client := clientAddr(r.RemoteAddr)
 	if !p.allowed(client) {
 		p.m.refusals[modeTransparent][refusalClient].Inc()
@@ -101,7 +86,7 @@ func (p *Proxy) serveTransparentHTTP(gp *goproxy.ProxyHttpServer, w http.Respons
 	}
 	o, _ := r.Context().Value(origDstKey{}).(origDst)
 	orig := o.ap
-	if o.loop || strings.Contains(r.Header.Get("Via"), p.via) {
+	if o.loop || p.looped(r.Header) {
 		p.m.refusals[modeTransparent][refusalLoop].Inc()
 		p.refuse(w, http.StatusLoopDetected, "http_request_error", "request loop", "Balise: request loop\n")
 		return
@@ -150,15 +135,17 @@ func (p *Proxy) serveTransparentHTTP(gp *goproxy.ProxyHttpServer, w http.Respons
 		}
 		return
 	}
-	// Forward to where the client was going, not to what Host names: the
-	// transport's connection pool is keyed by that address.
+	// Forward to where the client was going, not to what Host names.
+	dest := orig.String()
 	r.URL.Scheme = "http"
-	r.URL.Host = orig.String()
-	if r.Header.Get("Upgrade") != "" {
-		p.serveUpgrade(gp, w, r)
+	r.URL.Host = dest
+	if isUpgrade(r.Header) {
+		p.serveUpgrade(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p.forward(w, r, modeTransparent, dest, false)
+		}), w, r)
 		return
 	}
-	gp.ServeHTTP(w, r)
+	p.forward(w, r, modeTransparent, dest, false)
 }
 
 // StartTransparentHTTPS serves redirected port-443 traffic on ln until ctx
