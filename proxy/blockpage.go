@@ -28,6 +28,7 @@ type blockSection struct {
 	NoReopen   string
 	Help       string
 	PortalLink string
+	SignIn     string
 	Form       template.HTML
 }
 
@@ -38,7 +39,10 @@ type blockPageData struct {
 	Service     string
 	Host        string
 	PortalURL   string
-	Sections    []blockSection
+	// SignInURL is the portal's sign-in, offered when who asks could
+	// change the verdict and the address is bound to nobody ("": none).
+	SignInURL string
+	Sections  []blockSection
 }
 
 const (
@@ -155,6 +159,7 @@ func (p *Proxy) blockPage(pol *policy.Policy, client netip.Addr, host string, d 
 		NoReopen:   "Aucune plage d'accès n'est prévue pour ce service dans les prochains jours.",
 		Help:       "Si vous avez besoin de ce site pour votre travail, communiquez avec le service informatique ou la sécurité de l'information.",
 		PortalLink: "Voir ce qui est accessible maintenant",
+		SignIn:     "Vous êtes une personne autorisée ? Identifiez-vous avec votre compte de l'établissement",
 	}
 	en := blockSection{
 		Lang:       "en",
@@ -165,6 +170,7 @@ func (p *Proxy) blockPage(pol *policy.Policy, client netip.Addr, host string, d 
 		NoReopen:   "No access period is scheduled for this service in the coming days.",
 		Help:       "If you need this site for your work, please contact IT support or information security.",
 		PortalLink: "See what is available now",
+		SignIn:     "Are you an authorized person? Sign in with your institution account",
 	}
 	if p.opts.Exceptions != nil {
 		fr.Form = p.opts.Exceptions.Form(client, d, host, "fr")
@@ -177,6 +183,7 @@ func (p *Proxy) blockPage(pol *policy.Policy, client netip.Addr, host string, d 
 		Service:     service,
 		Host:        host,
 		PortalURL:   cfg.PortalURL,
+		SignInURL:   p.signInURL(pol, client, host, d, now),
 		Sections:    []blockSection{fr, en},
 	}
 	if preferEnglish(acceptLanguage) {

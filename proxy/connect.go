@@ -79,13 +79,17 @@ func (p *Proxy) hijackConnect(req *http.Request, conn net.Conn, _ *goproxy.Proxy
 
 	pol := p.opts.Policy.Load()
 	now := p.opts.Clock()
-	d := pol.Decide(policy.Query{Host: host, Client: client, Time: now})
+	var w who
+	if cc := connOf(req); cc != nil {
+		w = cc.identity() // authenticated by ServeHTTP before the hijack
+	}
+	d := pol.Decide(w.query(host, client, now))
 	if d.Invalid {
 		p.m.refusals[modeExplicit][refusalBadRequest].Inc()
 		writeConnectRefusal(raw, http.StatusBadRequest, proxyStatus("http_request_error", "invalid host name"), "Balise: invalid host name\n")
 		return
 	}
-	p.logDecision("connect", client, host, d, now)
+	p.logDecision("connect", client, w, host, d, now)
 	if d.Verdict == policy.Block {
 		p.m.request(modeExplicit, kindConnect, d, -1)
 		if p.certs == nil {
@@ -112,7 +116,7 @@ func (p *Proxy) hijackConnect(req *http.Request, conn net.Conn, _ *goproxy.Proxy
 		origin.Close()
 		return
 	}
-	t, intercepted := p.checkHello(modeExplicit, raw, pre, client, host, uint16(port), d, pol, now)
+	t, intercepted := p.checkHello(modeExplicit, raw, pre, client, w, host, uint16(port), d, pol, now)
 	if t == nil {
 		released = released || intercepted
 		origin.Close()
@@ -132,7 +136,7 @@ func (p *Proxy) hijackConnect(req *http.Request, conn net.Conn, _ *goproxy.Proxy
 // On an opaque port the tunnel is decided on the CONNECT host alone. On
 // any other port the first flight must be a ClientHello Balise reads
 // (see ParseClientHello); anything else, silence included, is refused.
-func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr, host string, port uint16, d policy.Decision, pol *policy.Policy, now time.Time) (t *tunnel, intercepted bool) {
+func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr, w who, host string, port uint16, d policy.Decision, pol *policy.Policy, now time.Time) (t *tunnel, intercepted bool) {
 	dest := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	cfg := p.cfg()
 	hosts := []string{}
@@ -145,7 +149,7 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 			return nil, false
 		}
 		p.m.request(mode, kindConnect, d, -1)
-		return &tunnel{p: p, mode: mode, client: raw, clientAddr: client, hosts: hosts, replay: pre, until: earliestUntil(d)}, false
+		return &tunnel{p: p, mode: mode, client: raw, clientAddr: client, who: w, hosts: hosts, replay: pre, until: earliestUntil(d)}, false
 	}
 	hello, ch, ok := p.readHello(mode, raw, pre, client, dest)
 	if !ok {
@@ -164,7 +168,7 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 	}
 	final := d
 	if sni != "" {
-		sd := pol.Decide(policy.Query{Host: sni, Client: client, Time: now})
+		sd := pol.Decide(w.query(sni, client, now))
 		if sd.Invalid {
 			p.refuseTunnel(mode, refusalNotTLS, -1, raw, client, dest, policy.Decision{}, true)
 			return nil, false
@@ -175,7 +179,7 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 			return nil, false
 		}
 		if sd.Listed() {
-			p.logDecision("connect", client, sni, sd, now)
+			p.logDecision("connect", client, w, sni, sd, now)
 			if sd.Verdict == policy.Block {
 				if !d.Listed() || d.Verdict != policy.Block {
 					p.m.sniMismatch[mode].Inc()
@@ -198,7 +202,7 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 		return nil, false
 	}
 	p.m.request(mode, kindConnect, final, -1)
-	return &tunnel{p: p, mode: mode, client: raw, clientAddr: client, hosts: hosts, replay: hello, until: earliestUntil(d, final)}, false
+	return &tunnel{p: p, mode: mode, client: raw, clientAddr: client, who: w, hosts: hosts, replay: hello, until: earliestUntil(d, final)}, false
 }
 
 // readHello reads the first flight of a tunnel that must be TLS. When it

@@ -89,6 +89,7 @@ type metrics struct {
 	certHits      prometheus.Counter
 	certMisses    prometheus.Counter
 	sniMismatch   [numModes]prometheus.Counter
+	auth          [numAuthResults]prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -137,7 +138,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "balise_proxy_sni_mismatch_total",
 		Help: "Connections whose TLS server name was blocked while the CONNECT host or original destination was not.",
 	}, []string{"mode"})
-	for _, c := range []prometheus.Collector{requests, refusals, active, bytes, closed, m.dialDuration, m.interceptions, m.certHits, m.certMisses, mismatch} {
+	auth := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "balise_proxy_authentications_total",
+		Help: "Who-is-asking outcomes for listed hosts whose verdict could change with the person: challenged (407 sent), ok (Kerberos ticket verified), failed (credentials refused), bound (transparent: decided for the address's signed-in user). Never a user in a label.",
+	}, []string{"result"})
+	for i := range m.auth {
+		m.auth[i] = auth.WithLabelValues(authResultNames[i])
+	}
+	for _, c := range []prometheus.Collector{requests, refusals, active, bytes, closed, m.dialDuration, m.interceptions, m.certHits, m.certMisses, mismatch, auth} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -163,6 +163,19 @@ type Options struct {
 	// Exceptions is the exception-request register. Nil: no form on the
 	// block page and /.balise/ answers 404.
 	Exceptions Exceptions
+
+	// Auth learns who is asking (Kerberos on the explicit proxy and the
+	// portal's sign-in, the address bindings in transparent mode); see
+	// Auth for when it is asked. Nil: every decision is by address.
+	Auth Auth
+	// AuthClients are the clients that may be asked who they are
+	// (proxy.auth.clients). Nil: nobody is, even with Auth set.
+	AuthClients []netip.Prefix
+	// AuthAlways challenges every request from AuthClients to a listed
+	// host (proxy.auth.challenge = "always"). False ("listed"): only
+	// those the workstation's decision blocks and whose verdict could
+	// change with who asks.
+	AuthAlways bool
 }
 
 // IPLiteralMode is how tunnels to IP-literal destinations are decided

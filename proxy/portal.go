@@ -23,6 +23,8 @@ func (p *Proxy) servePortal(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case strings.HasPrefix(r.URL.Path, ReservedPath):
 		p.serveReserved(w, r, client)
+	case r.URL.Path == SignInPath:
+		p.serveSignIn(w, r, client)
 	case r.URL.Path == "/proxy.pac" || r.URL.Path == "/wpad.dat":
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/balise-net/balise/internal/decisionlog"
+	"github.com/balise-net/balise/internal/exceptions"
 	"github.com/balise-net/balise/internal/policy"
 	"github.com/elazarl/goproxy"
 )
@@ -265,6 +266,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodConnect {
+		if p.cfg().Auth != nil && p.challengeConnect(w, r, client) {
+			return
+		}
 		p.gp.ServeHTTP(&hijackWriter{ResponseWriter: w}, r) // to hijackConnect
 		return
 	}
@@ -357,9 +361,17 @@ func (p *Proxy) decideRequest(r *http.Request) *http.Response {
 		p.m.refusals[modeExplicit][refusalBadRequest].Inc()
 		return textResponse(r, http.StatusBadRequest, proxyStatus("http_request_error", "invalid host name"), "Balise: invalid host name\n")
 	}
-	pol, d = p.noteAllowed(r, host, client, pol, d, now)
+	d, w, challenge := p.identify(r, client, host, pol, d, now)
+	if challenge {
+		body := p.blockPage(pol, client, host, d, now, r.Header.Get("Accept-Language"))
+		resp := blockResponse(r, body)
+		resp.StatusCode, resp.Status = http.StatusProxyAuthRequired, "407 Proxy Authentication Required"
+		challenge407(resp.Header, len(body))
+		return resp
+	}
+	pol, d = p.noteAllowed(r, host, client, w, pol, d, now)
 	p.m.request(modeExplicit, kindHTTP, d, -1)
-	p.logDecision("http", client, host, d, now)
+	p.logDecision("http", client, w, host, d, now)
 	if d.Verdict == policy.Block {
 		body := p.blockPage(pol, client, host, d, now, r.Header.Get("Accept-Language"))
 		return blockResponse(r, body)
@@ -367,7 +379,7 @@ func (p *Proxy) decideRequest(r *http.Request) *http.Response {
 	return nil
 }
 
-func (p *Proxy) logDecision(front string, client netip.Addr, host string, d policy.Decision, now time.Time) {
+func (p *Proxy) logDecision(front string, client netip.Addr, w who, host string, d policy.Decision, now time.Time) {
 	if !d.Listed() {
 		return
 	}
@@ -377,7 +389,7 @@ func (p *Proxy) logDecision(front string, client netip.Addr, host string, d poli
 	if p.opts.Decisions == nil {
 		return
 	}
-	p.opts.Decisions.Log(now, decisionlog.Entry{Front: front, Client: client, Host: host, Decision: d})
+	p.opts.Decisions.Log(now, decisionlog.Entry{Front: front, Client: client, User: p.logName(w), Host: host, Decision: d})
 }
 
 func blockResponse(r *http.Request, body []byte) *http.Response {
@@ -426,7 +438,15 @@ func (p *Proxy) serveReserved(w http.ResponseWriter, r *http.Request, client net
 		http.NotFound(w, r)
 		return
 	}
-	r2 := r.Clone(r.Context())
+	ctx := r.Context()
+	if cc := connOf(r); cc != nil {
+		if id := cc.identity(); id.user != "" {
+			// A request sent over an authenticated connection records
+			// the person, so that the officer may grant them.
+			ctx = exceptions.WithUser(ctx, id.user)
+		}
+	}
+	r2 := r.Clone(ctx)
 	r2.RemoteAddr = client.String()
 	p.opts.Exceptions.ServeHTTP(w, r2)
 }

@@ -52,6 +52,7 @@ func keepFromStart(o *Options, start *Options) {
 	o.TPROXY = start.TPROXY
 	o.OriginalDestination = start.OriginalDestination
 	o.Exceptions = start.Exceptions
+	o.Auth = start.Auth
 	o.ServiceHosts = nil // SetServiceHosts
 }
 

@@ -36,6 +36,7 @@ type clientConn struct {
 	client netip.Addr
 
 	mu       sync.Mutex
+	who      who      // the user authenticated on this connection
 	hosts    []string // listed hosts allowed on this connection
 	upgrade  bool     // an upgrade request is being handled
 	hijacked bool
@@ -84,6 +85,22 @@ func (cc *clientConn) listedHosts() []string {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	return slices.Clone(cc.hosts)
+}
+
+// identity returns the user authenticated on cc (empty: none).
+func (cc *clientConn) identity() who {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.who
+}
+
+// setIdentity records the user authenticated on cc: browsers
+// authenticate connections, so later requests on it are decided for that
+// user without asking again.
+func (cc *clientConn) setIdentity(w who) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	cc.who = w
 }
 
 type connKey struct{}
@@ -198,7 +215,7 @@ func (p *Proxy) serveUpgrade(h http.Handler, w http.ResponseWriter, r *http.Requ
 // decision to act on: when the policy changed while d was taken, Redecide
 // may have missed the connection, so the host is decided again on the
 // policy now in force.
-func (p *Proxy) noteAllowed(r *http.Request, host string, client netip.Addr, pol *policy.Policy, d policy.Decision, now time.Time) (*policy.Policy, policy.Decision) {
+func (p *Proxy) noteAllowed(r *http.Request, host string, client netip.Addr, w who, pol *policy.Policy, d policy.Decision, now time.Time) (*policy.Policy, policy.Decision) {
 	if !d.Listed() || d.Verdict != policy.Allow {
 		return pol, d
 	}
@@ -206,7 +223,7 @@ func (p *Proxy) noteAllowed(r *http.Request, host string, client netip.Addr, pol
 		cc.allowedHost(host, d.Until, now, func() { p.redecideConnAt(cc) })
 	}
 	if cur := p.opts.Policy.Load(); cur != pol {
-		return cur, cur.Decide(policy.Query{Host: host, Client: client, Time: now})
+		return cur, cur.Decide(w.query(host, client, now))
 	}
 	return pol, d
 }
@@ -235,9 +252,10 @@ func (p *Proxy) redecideConn(cc *clientConn, pol *policy.Policy, now time.Time, 
 	hosts := cc.listedHosts()
 	ds := make([]policy.Decision, len(hosts))
 	for i, h := range hosts {
-		ds[i] = pol.Decide(policy.Query{Host: h, Client: cc.client, Time: now})
+		w := cc.identity()
+		ds[i] = pol.Decide(w.query(h, cc.client, now))
 		if ds[i].Verdict == policy.Block {
-			p.logDecision(frontOfConn(cc.mode), cc.client, h, ds[i], now)
+			p.logDecision(frontOfConn(cc.mode), cc.client, w, h, ds[i], now)
 			return p.cutConn(cc)
 		}
 	}
@@ -329,9 +347,9 @@ func (t *tunnel) redecide(pol *policy.Policy, now time.Time) bool {
 func (t *tunnel) decideAgain(pol *policy.Policy, now time.Time, cause int, logAllowed bool) bool {
 	var next time.Time
 	for _, h := range t.hosts {
-		d := pol.Decide(policy.Query{Host: h, Client: t.clientAddr, Time: now})
+		d := pol.Decide(t.who.query(h, t.clientAddr, now))
 		if d.Verdict == policy.Block || logAllowed {
-			t.p.logDecision(frontOf(t.mode), t.clientAddr, h, d, now)
+			t.p.logDecision(frontOf(t.mode), t.clientAddr, t.who, h, d, now)
 		}
 		if d.Verdict == policy.Block {
 			t.close(cause)
@@ -366,6 +384,16 @@ func (s *settings) allows(c netip.Addr) bool {
 		return false
 	}
 	for _, n := range s.AllowedClients {
+		if n.Contains(c) {
+			return true
+		}
+	}
+	return false
+}
+
+// authClient reports whether client may be asked who it is.
+func (s *settings) authClient(c netip.Addr) bool {
+	for _, n := range s.AuthClients {
 		if n.Contains(c) {
 			return true
 		}

@@ -119,9 +119,13 @@ func (p *Proxy) serveTransparentHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, http.StatusBadRequest, "http_request_error", "invalid host name", "Balise: invalid host name\n")
 		return
 	}
-	pol, d = p.noteAllowed(r, host, client, pol, d, now)
+	d, id := p.identifyBound(client, host, pol, d, now)
+	if cc := connOf(r); cc != nil {
+		cc.setIdentity(id) // re-decisions of this connection use it
+	}
+	pol, d = p.noteAllowed(r, host, client, id, pol, d, now)
 	p.m.request(modeTransparent, kindHTTP, d, -1)
-	p.logDecision("transparent", client, host, d, now)
+	p.logDecision("transparent", client, id, host, d, now)
 	if d.Verdict == policy.Block {
 		if strings.HasPrefix(r.URL.Path, ReservedPath) {
 			p.serveReserved(w, r, client)
@@ -247,7 +251,8 @@ func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
-	p.logDecision("transparent", client, host, d, now)
+	d, w := p.identifyBound(client, host, pol, d, now)
+	p.logDecision("transparent", client, w, host, d, now)
 	p.m.request(modeTransparent, kindConnect, d, -1)
 	if d.Verdict == policy.Block {
 		if p.certs != nil && ch.ServerName != "" {
@@ -275,7 +280,7 @@ func (p *Proxy) handleTransparentTLS(ctx context.Context, c net.Conn) {
 		hosts = []string{host}
 	}
 	released, handed = true, true
-	p.startTunnel(&tunnel{p: p, mode: modeTransparent, client: c, origin: origin, clientAddr: client,
+	p.startTunnel(&tunnel{p: p, mode: modeTransparent, client: c, origin: origin, clientAddr: client, who: w,
 		hosts: hosts, replay: hello, until: earliestUntil(d)})
 }
 

@@ -140,6 +140,7 @@ type tunnel struct {
 	client     net.Conn // raw client socket
 	origin     net.Conn
 	clientAddr netip.Addr
+	who        who       // the person it was decided for (empty: the address)
 	hosts      []string  // listed hosts the tunnel was decided on
 	replay     []byte    // client bytes already read, sent to the origin first
 	until      time.Time // when the decision must be checked again (zero: never)
