@@ -54,6 +54,9 @@ func proxyOptionKeys() map[string]string {
 		"AllowNoSNI":            "proxy.no_sni",
 		"OriginalDestination":   "",
 		"Exceptions":            "",
+		"Auth":                  "",
+		"AuthClients":           "",
+		"AuthAlways":            "",
 	}
 }
 

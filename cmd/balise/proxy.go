@@ -250,6 +250,11 @@ func proxyOptions(cfg *config.Config, rt *runtime) (proxy.Options, error) {
 	if ex, ok := rt.exceptions.(proxy.Exceptions); ok && ex != nil {
 		o.Exceptions = ex
 	}
+	if rt.identity != nil {
+		o.Auth = rt.identity
+		o.AuthClients = pc.Auth.Clients
+		o.AuthAlways = pc.Auth.Challenge == "always"
+	}
 	return o, nil
 }
 
