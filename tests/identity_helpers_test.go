@@ -305,7 +305,8 @@ type curlResult struct {
 	Connect int    // the CONNECT's status (0: no CONNECT)
 	Header  string // every header block received, CONNECT's included
 	Body    string
-	Exit    int // curl's exit code
+	Exit    int  // curl's exit code
+	Reused  bool // the request went over an already open connection
 	Stderr  string
 	Elapsed time.Duration
 }
@@ -341,17 +342,31 @@ func (r curlResult) String() string {
 // arguments follow.
 func (d *idDomain) curl(t *testing.T, in *instance, src string, cr *adtest.Credentials, url string, extra ...string) curlResult {
 	t.Helper()
+	return d.curlAfter(t, in, src, cr, "", url, extra...)
+}
+
+// curlAfter is curl, preceded when first is not "" by a GET of first in
+// the same curl run (--next), so that url goes over the connection first
+// opened and authenticated, as a browser's next request would.
+// curlResult.Reused tells whether it did.
+func (d *idDomain) curlAfter(t *testing.T, in *instance, src string, cr *adtest.Credentials, first, url string, extra ...string) curlResult {
+	t.Helper()
 	_, port, _ := net.SplitHostPort(in.Addr("proxy"))
 	dir := t.TempDir()
 	hdr, body := filepath.Join(dir, "h"), filepath.Join(dir, "b")
-	args := []string{"-sS", "--max-time", "15", "-k",
+	base := []string{"-sS", "--max-time", "15", "-k",
 		"-x", "http://" + d.proxy + ":" + port, "--resolve", d.proxy + ":" + port + ":127.0.0.1",
-		"--interface", src, "-D", hdr, "-o", body, "-w", "%{http_code} %{http_connect}"}
+		"--interface", src}
 	env := os.Environ()
 	if cr != nil {
-		args = append(args, "--proxy-negotiate", "-U", ":")
+		base = append(base, "--proxy-negotiate", "-U", ":")
 		env = append(env, cr.Env()...)
 	}
+	var args []string
+	if first != "" {
+		args = append(append(args, base...), "-o", os.DevNull, first, "--next")
+	}
+	args = append(append(args, base...), "-D", hdr, "-o", body, "-w", "%{http_code} %{http_connect} %{num_connects}")
 	args = append(append(args, extra...), url)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -367,7 +382,9 @@ func (d *idDomain) curl(t *testing.T, in *instance, src string, cr *adtest.Crede
 		t.Fatalf("curl: %v", err)
 	}
 	r.Exit = exitCode(err)
-	fmt.Sscan(out.String(), &r.Code, &r.Connect)
+	connects := -1
+	fmt.Sscan(out.String(), &r.Code, &r.Connect, &connects)
+	r.Reused = connects == 0
 	h, _ := os.ReadFile(hdr)
 	b, _ := os.ReadFile(body)
 	r.Header, r.Body = strings.ReplaceAll(string(h), "\r", ""), string(b)
@@ -498,3 +515,6 @@ func idEventually(t *testing.T, timeout time.Duration, what string, f func() err
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// idQuote is strconv.Quote, for messages.
+func idQuote(s string) string { return strconv.Quote(s) }

@@ -186,18 +186,24 @@ func TestIdentityGrantFollowsUser(t *testing.T) {
 	if r.Code != http.StatusForbidden || m == nil || !idBlockPage(r.Body, "Video Test") {
 		t.Fatalf("alice GET %s: %v\nwant 403 and the block page with its form", video, r)
 	}
-	r = d.curl(t, in, "127.0.0.1", &alice, video+".balise/request",
+	// The form goes over the connection the block page came on, once
+	// authenticated: the GET first, then the POST in the same curl.
+	r = d.curlAfter(t, in, "127.0.0.1", &alice, video, video+".balise/request",
 		"--data-urlencode", "service=videotest", "--data-urlencode", "host=www.video.test",
 		"--data-urlencode", "token="+html.UnescapeString(m[1]), "--data-urlencode", "lang=fr",
 		"--data-urlencode", "name=Alice Tremblay", "--data-urlencode", "contact=poste 4321",
 		"--data-urlencode", "justification=Vidéos de la campagne de vaccination pour le site web",
 		"--data-urlencode", "duration=4h")
-	if r.Code != http.StatusOK || !strings.Contains(r.Body, "EX-0001") {
-		t.Fatalf("alice's request: %v\nwant 200 with EX-0001", r)
+	if r.Code != http.StatusOK || !strings.Contains(r.Body, "EX-0001") || !r.Reused {
+		t.Fatalf("alice's request: %v (connection reused: %v)\nwant 200 with EX-0001 over the authenticated connection", r, r.Reused)
 	}
 	list := exList(t, in.ConfigPath)
 	if len(list) != 1 || list[0].User == nil || !strings.EqualFold(*list[0].User, "alice") {
-		t.Fatalf("list --json = %+v\nwant EX-0001 recorded for user alice", list)
+		user := "<null>"
+		if len(list) == 1 && list[0].User != nil {
+			user = idQuote(*list[0].User)
+		}
+		t.Fatalf("list --json = %+v, user %s\nwant EX-0001 recorded for user alice", list, user)
 	}
 	if out, errOut, code := exCLI(t, in.ConfigPath, "approve", "EX-0001", "--for", "4h", "--by", "RSI Dupont", "--subject", "user"); code != 0 {
 		t.Fatalf("approve --subject user = %d\n%s%s", code, out, errOut)
@@ -492,22 +498,28 @@ func (l *lockedBuffer) String() string {
 
 // idChromiumLocalState is the browser-wide preferences file ("Local
 // State") given to Chromium's profile: what an institution sets by policy
-// (AuthServerAllowlist, DisableAuthNegotiateCnameLookup) without writing
-// a machine-wide policy file.
+// (AuthServerAllowlist, DisableAuthNegotiateCnameLookup), without writing
+// a machine-wide policy file under /etc/chromium/policies.
 //
-// The CNAME setting is required here: Chromium builds the proxy's
-// Kerberos principal from the canonical name of the proxy's host, and
-// --host-resolver-rules="MAP proxy.balise.test 127.0.0.1" makes that
-// canonical name "127.0.0.1", so Chromium would ask the KDC for
-// HTTP@127.0.0.1 ("Server not found in Kerberos database" in its net log)
-// and answer the 407 with nothing. This Chromium has no command-line
-// switch for it (--auth-negotiate-disable-cname-lookup and
-// --disable-auth-negotiate-cname-lookup are ignored): only the policy or
-// the auth.disable_negotiate_cname_lookup preference. The
-// ERR_UNSUPPORTED_AUTH_SCHEME lines Chromium logs come from its own
-// background requests (the system network context, which never
-// negotiates), not from the page's.
-const idChromiumLocalState = `{"auth": {"disable_negotiate_cname_lookup": true, "server_allowlist": %q}}`
+// Two settings are required, found with Chromium's net log
+// (--log-net-log, --net-log-capture-mode=Everything):
+//
+//   - auth.disable_negotiate_cname_lookup: Chromium builds the proxy's
+//     Kerberos principal from the canonical name of the proxy's host, and
+//     --host-resolver-rules="MAP proxy.balise.test 127.0.0.1" makes it
+//     "127.0.0.1": Chromium asks the KDC for HTTP@127.0.0.1 ("Server not
+//     found in Kerberos database") and answers the 407 with nothing. This
+//     Chromium has no command-line switch for it
+//     (--auth-negotiate-disable-cname-lookup and
+//     --disable-auth-negotiate-cname-lookup are ignored): only the policy
+//     or this preference. Real deployments name the proxy in DNS (an A
+//     record, not a CNAME) and need neither.
+//   - net.received_http_auth_negotiate_headers: on Linux, Chromium refuses
+//     the first Negotiate challenge a profile ever receives
+//     (ERR_UNSUPPORTED_AUTH_SCHEME, before loading the GSSAPI library),
+//     records that it saw one in this preference, and negotiates from then
+//     on. A workstation's browser has long done so; a new profile has not.
+const idChromiumLocalState = `{"auth": {"disable_negotiate_cname_lookup": true, "server_allowlist": %q}, "net": {"received_http_auth_negotiate_headers": true}}`
 
 // TestIdentityChromium: headless Chromium, with alice's Kerberos
 // credentials (KRB5CCNAME, KRB5_CONFIG) and the proxy addressed by name,
@@ -564,9 +576,9 @@ func TestIdentityChromium(t *testing.T) {
 	if err == nil {
 		body, err = chromedp.Run(ctx, chromedp.Text("body"))
 	}
-	shot, serr := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+	shot, serr := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if serr == nil {
-		p := filepath.Join(idArtifactDir(t), "identity-chromium-alice.jpg")
+		p := filepath.Join(idArtifactDir(t), "identity-chromium-alice.png")
 		if werr := os.WriteFile(p, shot, 0o644); werr == nil {
 			t.Logf("screenshot: %s", p)
 		}
@@ -594,18 +606,42 @@ func TestIdentityChromium(t *testing.T) {
 	}
 }
 
-// idNetlogAuth extracts the lines of a Chromium net log that speak of
-// authentication, for the failure message.
+// idNetlogAuth extracts the authentication events of a Chromium net log
+// (JSON, possibly unterminated: Chromium is killed), for the failure
+// message.
 func idNetlogAuth(nl []byte) string {
+	lines := strings.Split(string(nl), "\n")
+	if len(lines) == 0 {
+		return ""
+	}
+	var head struct {
+		Constants struct {
+			LogEventTypes map[string]int `json:"logEventTypes"`
+		} `json:"constants"`
+	}
+	json.Unmarshal([]byte(strings.TrimSuffix(lines[0], ",")+"}"), &head)
+	names := map[int]string{}
+	for k, v := range head.Constants.LogEventTypes {
+		names[v] = k
+	}
 	var b strings.Builder
-	for _, l := range strings.Split(string(nl), "\n") {
-		ll := strings.ToLower(l)
-		if strings.Contains(ll, "auth") || strings.Contains(ll, "gssapi") || strings.Contains(ll, "negotiate") {
-			if len(l) > 600 {
-				l = l[:600] + "…"
+	for _, l := range lines[1:] {
+		var e struct {
+			Type   int              `json:"type"`
+			Phase  int              `json:"phase"`
+			Source struct{ ID int } `json:"source"`
+			Params json.RawMessage  `json:"params"`
+		}
+		if json.Unmarshal([]byte(strings.TrimSuffix(strings.TrimSpace(l), ",")), &e) != nil {
+			continue
+		}
+		n := names[e.Type]
+		if strings.Contains(n, "AUTH") || strings.Contains(n, "URL_REQUEST_START_JOB") {
+			p := string(e.Params)
+			if len(p) > 400 {
+				p = p[:400] + "…"
 			}
-			b.WriteString(l)
-			b.WriteByte('\n')
+			fmt.Fprintf(&b, "%d %s %d %s\n", e.Source.ID, n, e.Phase, p)
 		}
 	}
 	return b.String()
