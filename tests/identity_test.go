@@ -515,10 +515,11 @@ func (l *lockedBuffer) String() string {
 //     or this preference. Real deployments name the proxy in DNS (an A
 //     record, not a CNAME) and need neither.
 //   - net.received_http_auth_negotiate_headers: on Linux, Chromium refuses
-//     the first Negotiate challenge a profile ever receives
-//     (ERR_UNSUPPORTED_AUTH_SCHEME, before loading the GSSAPI library),
-//     records that it saw one in this preference, and negotiates from then
-//     on. A workstation's browser has long done so; a new profile has not.
+//     the Negotiate challenges it receives before this preference is set
+//     (ERR_UNSUPPORTED_AUTH_SCHEME, without loading the GSSAPI library),
+//     sets it on the first one, and negotiates from then on. A
+//     workstation's browser has long done so; a new user data directory
+//     has not, and its first page would show the 407's block page.
 const idChromiumLocalState = `{"auth": {"disable_negotiate_cname_lookup": true, "server_allowlist": %q}, "net": {"received_http_auth_negotiate_headers": true}}`
 
 // TestIdentityChromium: headless Chromium, with alice's Kerberos
