@@ -176,6 +176,12 @@ type portalRow struct {
 // portal answers too).
 func (p *Proxy) portalPage(client netip.Addr, now time.Time, acceptLanguage, ask string) []byte {
 	pol := p.opts.Policy.Load()
+	var w who // the person signed in from this address, when exactly one is
+	if a := p.cfg().Auth; a != nil && p.cfg().authClient(client) {
+		if u, g, ok := a.Bound(client, now); ok {
+			w = who{user: u, groups: g}
+		}
+	}
 	data := struct {
 		Lang, Institution, Client, Now, NextBreakFR, NextBreakEN string
 		Rows                                                     []portalRow
@@ -200,7 +206,7 @@ func (p *Proxy) portalPage(client netip.Addr, now time.Time, acceptLanguage, ask
 		host := p.serviceHost(id, svc)
 		var d policy.Decision
 		if host != "" {
-			d = pol.Decide(policy.Query{Host: host, Client: client, Time: now})
+			d = pol.Decide(w.query(host, client, now))
 		}
 		if d.Service != id {
 			row.Now = "—"

@@ -326,9 +326,6 @@ func (c *exceptionsCLI) approve(args []string) int {
 		}
 		a.Until = t
 	}
-	if a.Subject == "user" {
-		return c.fail("approve", exceptions.ErrNoDirectory)
-	}
 	if code := c.open(); code >= 0 {
 		return code
 	}
@@ -337,8 +334,12 @@ func (c *exceptionsCLI) approve(args []string) int {
 	if err != nil {
 		return c.fail("approve", err)
 	}
+	who := q.Grant.Subject.String()
+	if q.Grant.User != "" {
+		who = "user " + q.Grant.User
+	}
 	fmt.Fprintf(c.stdout, "%s approved: %s may reach %s until %s (running servers apply it within %s)\n",
-		q.ID, q.Grant.Subject, strings.Join(q.Grant.Services, ", "), c.local(q.Grant.NotAfter), c.cfg.Exceptions.GrantPoll+time.Second)
+		q.ID, who, strings.Join(q.Grant.Services, ", "), c.local(q.Grant.NotAfter), c.cfg.Exceptions.GrantPoll+time.Second)
 	return exitOK
 }
 

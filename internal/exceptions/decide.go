@@ -19,7 +19,9 @@ type Approval struct {
 	// Note is an optional note kept with the decision.
 	Note string
 	// Subject is "client" (default: the requester's address) or "user"
-	// (needs a directory source; always ErrNoDirectory for now).
+	// (the person who made the request, wherever they authenticate; only
+	// for a request made over an authenticated connection, else
+	// ErrNoDirectory).
 	Subject string
 }
 
@@ -44,7 +46,6 @@ func (r *Register) Approve(ctx context.Context, id string, a Approval) (Request,
 	switch a.Subject {
 	case "", "client":
 	case "user":
-		return Request{}, ErrNoDirectory
 	default:
 		return Request{}, fmt.Errorf("unknown subject %q (client or user)", a.Subject)
 	}
@@ -70,14 +71,23 @@ func (r *Register) Approve(ctx context.Context, id string, a Approval) (Request,
 		if end.Sub(now) > MaxGrant {
 			return nil, fmt.Errorf("a grant lasts at most %s", formatDuration(MaxGrant))
 		}
-		c := q.Client.Unmap()
 		q.Grant = &Grant{
-			Subject:   netip.PrefixFrom(c, c.BitLen()),
 			Services:  q.Services,
 			NotBefore: now,
 			NotAfter:  end.UTC(),
 			GrantedBy: a.By,
 			RequestID: q.ID,
+		}
+		subject := ""
+		if a.Subject == "user" {
+			if q.User == "" {
+				return nil, fmt.Errorf("request %s: %w", id, ErrNoDirectory)
+			}
+			q.Grant.User, subject = q.User, "user:"+q.User
+		} else {
+			c := q.Client.Unmap()
+			q.Grant.Subject = netip.PrefixFrom(c, c.BitLen())
+			subject = q.Grant.Subject.String()
 		}
 		q.Status, q.DecidedBy, q.Decided, q.Note = StatusApproved, a.By, now, a.Note
 		if err := tx.PutRequest(q); err != nil {
@@ -86,7 +96,7 @@ func (r *Register) Approve(ctx context.Context, id string, a Approval) (Request,
 		out = q
 		return []Event{{
 			Event: EventApproved, ID: q.ID, Client: q.Client.String(), Services: q.Services,
-			Subject: q.Grant.Subject.String(), NotBefore: formatTime(q.Grant.NotBefore),
+			Subject: subject, NotBefore: formatTime(q.Grant.NotBefore),
 			NotAfter: formatTime(q.Grant.NotAfter), Actor: a.By, Note: a.Note,
 		}}, nil
 	})

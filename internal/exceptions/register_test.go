@@ -129,7 +129,7 @@ func TestGrantLifecycle(t *testing.T) {
 		now := e.clock.Now()
 
 		if _, err := e.reg.Approve(ctx, a, Approval{By: "RSI", For: time.Hour, Subject: "user"}); !errors.Is(err, ErrNoDirectory) {
-			t.Fatalf("Approve(--subject user) = %v, want ErrNoDirectory", err)
+			t.Fatalf("Approve(--subject user) of a request without a user = %v, want ErrNoDirectory", err)
 		}
 		if _, err := e.reg.Approve(ctx, a, Approval{By: "RSI"}); err == nil {
 			t.Fatal("Approve without --for or --until succeeded")
@@ -331,4 +331,31 @@ func TestRefreshWithDamagedLog(t *testing.T) {
 	if q, _ := e.reg.Get(ctx, a); q.Status != StatusApproved {
 		t.Fatalf("%s status = %s: an expiry that could not be logged must not be stored", a, q.Status)
 	}
+}
+
+// TestGrantToUser checks that a request made by an authenticated user can
+// be granted to that person (no workstation in the grant), on both stores,
+// and that the audit chain records it.
+func TestGrantToUser(t *testing.T) {
+	eachStore(t, func(t *testing.T, newEnv envFunc) {
+		ctx := context.Background()
+		e := newEnv(t, nil)
+		s := sub("10.0.0.7", "facebook", justification(0))
+		s.User = "alice"
+		id := e.mustSubmit(t, s).ID
+		q, err := e.reg.Approve(ctx, id, Approval{By: "RSI", For: time.Hour, Subject: "user"})
+		if err != nil {
+			t.Fatalf("Approve(--subject user): %v", err)
+		}
+		if q.Grant.User != "alice" || q.Grant.Subject.IsValid() {
+			t.Fatalf("grant = %+v, want user alice and no workstation", q.Grant)
+		}
+		grants, err := e.reg.ActiveGrants(ctx, e.clock.Now())
+		if err != nil || len(grants) != 1 || grants[0].User != "alice" || grants[0].Subject.IsValid() {
+			t.Fatalf("active grants = %+v, %v; want one for user alice", grants, err)
+		}
+		if err := e.reg.Verify(ctx); err != nil {
+			t.Fatalf("Verify: %v", err)
+		}
+	})
 }

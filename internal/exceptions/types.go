@@ -167,8 +167,9 @@ var (
 	ErrState = errors.New("request status does not allow this")
 	// ErrAudit: the audit log cannot be written safely.
 	ErrAudit = errors.New("audit log")
-	// ErrNoDirectory: a grant for a user needs a directory source.
-	ErrNoDirectory = errors.New("grants for a user need a directory source, which this version does not have; use --subject client")
+	// ErrNoDirectory: a grant for a user needs a request made by a known
+	// user (sent over a connection the proxy authenticated).
+	ErrNoDirectory = errors.New("the request was not made by an authenticated user: grant the workstation (--subject client)")
 )
 
 // FieldError reports an invalid form field.
