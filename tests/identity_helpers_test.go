@@ -486,10 +486,8 @@ func idCPU(t *testing.T, pid int) time.Duration {
 func (d *idDomain) idCostPerRequest(t *testing.T, in *instance, n int, cr *adtest.Credentials, url string, want int) time.Duration {
 	t.Helper()
 	pid := in.cmd.Process.Pid
-	for range 3 { // warm-up: caches, tickets, code paths
-		if r := d.curl(t, in, "127.0.0.1", cr, url); r.Code != want {
-			t.Fatalf("warm-up %s: %v\nwant %d", url, r, want)
-		}
+	if r := d.curl(t, in, "127.0.0.1", cr, url); r.Code != want { // warm-up
+		t.Fatalf("warm-up %s: %v\nwant %d", url, r, want)
 	}
 	before := idCPU(t, pid)
 	for range n {
@@ -518,3 +516,11 @@ func idEventually(t *testing.T, timeout time.Duration, what string, f func() err
 
 // idQuote is strconv.Quote, for messages.
 func idQuote(s string) string { return strconv.Quote(s) }
+
+// idEnvInt reads a positive integer from the environment, def otherwise.
+func idEnvInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}

@@ -12,13 +12,14 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/balise-net/balise/internal/adtest"
 )
 
 // End-to-end tests of identity: the release binary against a real Samba
@@ -444,37 +445,52 @@ func TestIdentityDecisionLines(t *testing.T) {
 // verification, cached groups, binding) against an unauthenticated
 // CONNECT to an unlisted host, and unlisted requests with
 // [proxy.auth] mode = "negotiate" against "off". Each request is a new
-// connection from a new curl. BALISE_COST_N sets the number (default 40).
+// connection from a new curl; two instances run side by side and the
+// series alternate, several rounds, the median kept. BALISE_COST_N sets
+// the requests per series and round (default 20), BALISE_COST_ROUNDS the
+// rounds (default 5).
 func TestIdentityCost(t *testing.T) {
 	requireTool(t, "curl")
 	d := idSetup(t)
 	s := idStartSites(t)
 	alice := d.login(t, "alice")
-	n := 40
-	if v, err := strconv.Atoi(os.Getenv("BALISE_COST_N")); err == nil && v > 0 {
-		n = v
-	}
+	n, rounds := idEnvInt("BALISE_COST_N", 20), idEnvInt("BALISE_COST_ROUNDS", 5)
 	socialTLS := "https://www.social.test:" + s.tlsPort + "/"
 	intranet := "http://www.intranet.test:" + s.httpPort + "/"
 	intranetTLS := "https://www.intranet.test:" + s.tlsPort + "/"
-
 	on := d.start(t, s, idOptions{})
-	authConnect := d.idCostPerRequest(t, on, n, &alice, socialTLS, http.StatusOK)
-	plainConnect := d.idCostPerRequest(t, on, n, nil, intranetTLS, http.StatusOK)
-	onHTTP := d.idCostPerRequest(t, on, n, nil, intranet, http.StatusOK)
-	on.Stop()
-
 	off := d.start(t, s, idOptions{Auth: "off"})
-	offConnect := d.idCostPerRequest(t, off, n, nil, intranetTLS, http.StatusOK)
-	offHTTP := d.idCostPerRequest(t, off, n, nil, intranet, http.StatusOK)
-	off.Stop()
-
-	t.Logf("Balise CPU per request, %d requests each (new connection each):", n)
-	t.Logf("  authenticated CONNECT, listed (alice, Negotiate)  %8v", authConnect)
-	t.Logf("  unauthenticated CONNECT, unlisted                %8v", plainConnect)
-	t.Logf("  added by Kerberos verification and identity      %8v", authConnect-plainConnect)
-	t.Logf("  unlisted CONNECT, auth negotiate / off           %8v / %v", plainConnect, offConnect)
-	t.Logf("  unlisted HTTP GET, auth negotiate / off          %8v / %v", onHTTP, offHTTP)
+	series := []struct {
+		name string
+		in   *instance
+		cr   *adtest.Credentials
+		url  string
+		cost []time.Duration
+	}{
+		{name: "authenticated CONNECT, listed (alice, Negotiate), auth on", in: on, cr: &alice, url: socialTLS},
+		{name: "unauthenticated CONNECT, unlisted, auth on", in: on, url: intranetTLS},
+		{name: "unauthenticated CONNECT, unlisted, auth off", in: off, url: intranetTLS},
+		{name: "unauthenticated HTTP GET, unlisted, auth on", in: on, url: intranet},
+		{name: "unauthenticated HTTP GET, unlisted, auth off", in: off, url: intranet},
+	}
+	for range rounds {
+		for i := range series {
+			sr := &series[i]
+			sr.cost = append(sr.cost, d.idCostPerRequest(t, sr.in, n, sr.cr, sr.url, http.StatusOK))
+		}
+	}
+	med := func(c []time.Duration) time.Duration {
+		c = slices.Clone(c)
+		slices.Sort(c)
+		return c[len(c)/2]
+	}
+	t.Logf("Balise CPU per request (median of %d rounds of %d; each a new connection):", rounds, n)
+	for _, sr := range series {
+		t.Logf("  %-60s %9v  (rounds: %v)", sr.name, med(sr.cost), sr.cost)
+	}
+	t.Logf("  %-60s %9v", "added by Kerberos verification and identity per CONNECT", med(series[0].cost)-med(series[1].cost))
+	t.Logf("  %-60s %9v", "unlisted CONNECT, auth on minus off", med(series[1].cost)-med(series[2].cost))
+	t.Logf("  %-60s %9v", "unlisted HTTP GET, auth on minus off", med(series[3].cost)-med(series[4].cost))
 }
 
 // lockedBuffer is a bytes.Buffer safe for the browser's output and the
