@@ -291,6 +291,14 @@ func TestIdentityDirectoryDown(t *testing.T) {
 		t.Errorf("carol with the DC stopped: %v in %v\nwant 403 (network groups) within directory.timeout (%v)", r, r.Elapsed, timeout)
 	}
 
+	// explain, a process of its own with no cache, says so.
+	out, errOut, code := runBalise(t, "explain", "--config", in.ConfigPath, "--client", "127.0.0.1",
+		"--host", "www.social.test", "--user", "alice", "--json")
+	var e explainJSON
+	if code != 0 || json.Unmarshal([]byte(out), &e) != nil || e.Identity != "user+directory-unavailable" || e.Verdict != "block" {
+		t.Errorf("explain --user alice with the DC stopped = %d %+v\n%s%s\nwant block, identity user+directory-unavailable", code, e, out, errOut)
+	}
+
 	// The DC back, then hanging (SIGSTOP): dave, never looked up, is
 	// decided when the timeout runs out.
 	if err := d.dc.Start(); err != nil {
