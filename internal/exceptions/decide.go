@@ -19,7 +19,8 @@ type Approval struct {
 	// Note is an optional note kept with the decision.
 	Note string
 	// Subject is "client" (default: the requester's address) or "user"
-	// (needs a directory source; always ErrNoDirectory for now).
+	// (the user the request was made by; only for a request that records
+	// one, else ErrNoDirectory).
 	Subject string
 }
 
@@ -42,9 +43,7 @@ func (r *Register) Approve(ctx context.Context, id string, a Approval) (Request,
 		return Request{}, err
 	}
 	switch a.Subject {
-	case "", "client":
-	case "user":
-		return Request{}, ErrNoDirectory
+	case "", "client", "user":
 	default:
 		return Request{}, fmt.Errorf("unknown subject %q (client or user)", a.Subject)
 	}
@@ -70,6 +69,9 @@ func (r *Register) Approve(ctx context.Context, id string, a Approval) (Request,
 		if end.Sub(now) > MaxGrant {
 			return nil, fmt.Errorf("a grant lasts at most %s", formatDuration(MaxGrant))
 		}
+		if a.Subject == "user" && q.User == "" {
+			return nil, ErrNoDirectory
+		}
 		c := q.Client.Unmap()
 		q.Grant = &Grant{
 			Subject:   netip.PrefixFrom(c, c.BitLen()),
@@ -79,6 +81,11 @@ func (r *Register) Approve(ctx context.Context, id string, a Approval) (Request,
 			GrantedBy: a.By,
 			RequestID: q.ID,
 		}
+		subject := q.Grant.Subject.String()
+		if a.Subject == "user" {
+			q.Grant.Subject, q.Grant.User = netip.Prefix{}, q.User
+			subject = "user:" + q.User
+		}
 		q.Status, q.DecidedBy, q.Decided, q.Note = StatusApproved, a.By, now, a.Note
 		if err := tx.PutRequest(q); err != nil {
 			return nil, err
@@ -86,10 +93,13 @@ func (r *Register) Approve(ctx context.Context, id string, a Approval) (Request,
 		out = q
 		return []Event{{
 			Event: EventApproved, ID: q.ID, Client: q.Client.String(), Services: q.Services,
-			Subject: q.Grant.Subject.String(), NotBefore: formatTime(q.Grant.NotBefore),
+			Subject: subject, NotBefore: formatTime(q.Grant.NotBefore),
 			NotAfter: formatTime(q.Grant.NotAfter), Actor: a.By, Note: a.Note,
 		}}, nil
 	})
+	if err == nil {
+		r.hooks.call(EventApproved, out)
+	}
 	return out, err
 }
 
@@ -136,6 +146,9 @@ func (r *Register) close(ctx context.Context, id, by, reason string, from, to St
 		out = q
 		return []Event{{Event: event, ID: q.ID, Client: q.Client.String(), Services: q.Services, Actor: by, Reason: reason}}, nil
 	})
+	if err == nil {
+		r.hooks.call(event, out)
+	}
 	return out, err
 }
 
