@@ -78,22 +78,7 @@ func (r *Register) Extend(ctx context.Context, id string, x Extension) (Request,
 // request_received line, decisions, extensions, expiry).
 func (r *Register) History(ctx context.Context, id string) ([]Event, error) {
 	var out []Event
-	if keepsChain(r.opt.Store) {
-		err := r.opt.Store.View(ctx, func(tx ReadTx) error {
-			return tx.(chainReadTx).Events(1, func(_ int64, _ string, line []byte) error {
-				e, err := checkLine(line)
-				if err != nil {
-					return err
-				}
-				if e.ID == id {
-					out = append(out, e)
-				}
-				return nil
-			})
-		})
-		return out, err
-	}
-	err := readEvents(r.opt.AuditLog, func(_ int, e Event) error {
+	err := r.eachEvent(ctx, func(_ int, e Event) error {
 		if e.ID == id {
 			out = append(out, e)
 		}

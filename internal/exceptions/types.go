@@ -168,7 +168,7 @@ var (
 	// ErrAudit: the audit log cannot be written safely.
 	ErrAudit = errors.New("audit log")
 	// ErrNoDirectory: a grant for a user needs a directory source.
-	ErrNoDirectory = errors.New("grants for a user need a directory source, which this version does not have; use --subject client")
+	ErrNoDirectory = errors.New("grants for a user need a directory source: this request records no user (it did not come over an authenticated connection); use --subject client")
 )
 
 // FieldError reports an invalid form field.
