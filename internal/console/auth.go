@@ -31,10 +31,20 @@ func source(r *http.Request) string {
 	return host
 }
 
-// wantsJSON reports whether the client is a script (JSON answers).
+// wantsJSON reports whether the client is a script (JSON answers) rather
+// than a browser: a CSRF header, a JSON body or Accept, or an /api/ path
+// that a browser did not navigate to (a browser's form post accepts
+// text/html).
 func wantsJSON(r *http.Request) bool {
-	return strings.HasPrefix(r.URL.Path, "/api/") || strings.Contains(r.Header.Get("Accept"), "application/json") ||
-		r.Header.Get("X-CSRF-Token") != ""
+	accept := r.Header.Get("Accept")
+	switch {
+	case r.Header.Get("X-CSRF-Token") != "", strings.Contains(accept, "application/json"),
+		strings.HasPrefix(r.Header.Get("Content-Type"), "application/json"):
+		return true
+	case strings.Contains(accept, "text/html"):
+		return false
+	}
+	return strings.HasPrefix(r.URL.Path, "/api/")
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -38,7 +38,7 @@ func (c *Console) parseTemplates() error {
 				}
 				return strings.Join(names, ", ")
 			},
-			"dur": func(d time.Duration, l string) string { return durationLabel(d, l) },
+			"dur":     func(d time.Duration, l string) string { return durationLabel(d, l) },
 			"overdue": c.overdue,
 		})
 		var err error
