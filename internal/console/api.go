@@ -267,6 +267,9 @@ func (c *Console) readDecision(w http.ResponseWriter, r *http.Request) (decision
 	}
 	f := r.PostForm
 	d = decision{Duration: f.Get("duration"), Until: f.Get("until"), Note: f.Get("note"), Subject: f.Get("subject"), Reason: f.Get("reason")}
+	if d.Until != "" {
+		d.Duration = "" // the form's end, when typed, wins over its duration menu
+	}
 	return d, nil
 }
 

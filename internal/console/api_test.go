@@ -422,3 +422,39 @@ func TestAccounts(t *testing.T) {
 		t.Fatalf("role not changed: %s", body)
 	}
 }
+
+func TestFormPosts(t *testing.T) {
+	e := newEnv(t, nil)
+	id := e.submit(t, "10.0.0.1", "", why)
+	c := e.client(t).mustLogin("rsi", officerPW)
+	post := func(action string, v url.Values) *http.Response {
+		if !v.Has("csrf_token") {
+			v.Set("csrf_token", c.csrf)
+		}
+		req, _ := http.NewRequest("POST", e.url+"/api/v1/requests/"+id+"/"+action, strings.NewReader(v.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Accept", "text/html")
+		req.Header.Set("Origin", e.url)
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	end := e.clock.Now().Add(48 * time.Hour).In(time.Local).Format("2006-01-02T15:04")
+	resp := post("approve", url.Values{"duration": {"4h"}, "until": {end}, "subject": {"client"}})
+	if resp.StatusCode != 303 || resp.Header.Get("Location") != "/requests/"+id+"?done=approve" {
+		t.Fatalf("form approve = %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	q, _ := e.reg.Get(context.Background(), id)
+	if got := q.Grant.NotAfter.In(time.Local).Format("2006-01-02T15:04"); got != end {
+		t.Fatalf("grant ends %s, want %s (the typed end)", got, end)
+	}
+	if resp := post("revoke", url.Values{"reason": {"fin"}}); resp.StatusCode != 303 {
+		t.Fatalf("form revoke = %d", resp.StatusCode)
+	}
+	if resp := post("deny", url.Values{"reason": {"x"}, "csrf_token": {"forged"}}); resp.StatusCode != 403 {
+		t.Fatalf("form with a forged token = %d", resp.StatusCode)
+	}
+}
