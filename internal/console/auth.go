@@ -141,6 +141,11 @@ func safeNext(n string) string {
 var errNoRole = errors.New("no console role")
 
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
+	if o := r.Header.Get("Origin"); o != "" && !sameOrigin(o, r) {
+		// Another site's page signing the browser in (login CSRF).
+		c.refuse(w, r, http.StatusForbidden, "csrf", "Origine de la requête refusée.", "Request origin refused.")
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
 	if err := r.ParseForm(); err != nil {
 		c.refuse(w, r, http.StatusBadRequest, "bad_request", "Formulaire invalide.", "Invalid form.")
