@@ -51,7 +51,7 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 		Logger:            rt.log,
 	}
 	if ex.NotifyURL != "" {
-		notifier = exceptions.NewNotifier(exceptions.NotifierOptions{URL: ex.NotifyURL, Timeout: ex.NotifyTimeout, Logger: rt.log})
+		notifier = exceptions.NewNotifier(exceptions.NotifierOptions{URL: ex.NotifyURL, Format: ex.NotifyFormat, Timeout: ex.NotifyTimeout, Logger: rt.log})
 		opt.Notify = notifier.Enqueue
 	}
 	reg, err := exceptions.Open(ctx, opt)
@@ -84,8 +84,10 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 			}
 			return id
 		},
-		Logger: rt.log,
-		Clock:  rt.now,
+		Logger:     rt.log,
+		Clock:      rt.now,
+		StatusBase: rt.cfg.Proxy.PortalURL,
+		Location:   rt.cfg.Location,
 	})
 	if err != nil {
 		reg.Close()
