@@ -62,8 +62,9 @@ type BindingShare struct {
 	running            atomic.Bool
 }
 
-// flushDelay gathers the binds of a burst into one write.
-const flushDelay = 10 * time.Millisecond
+// flushDelay gathers the binds of a burst into one write: a node writes,
+// and rings the others, at most about 20 times a second.
+const flushDelay = 50 * time.Millisecond
 
 // ShareBindings returns the sharing of identity bindings through this
 // store (see BindingShare); Run starts it.

@@ -142,6 +142,29 @@ func TestPGBindingsPropagate(t *testing.T) {
 	}
 }
 
+func TestPGBindingsBurst(t *testing.T) {
+	// A burst of binds (a shift change) goes in a few batched writes.
+	srv := sharedPG(t)
+	url := srv.CreateDB(t)
+	clock := newClock()
+	a := openBindNode(t, url, "node-a", clock, BindingShareOptions{})
+	b := openBindNode(t, url, "node-b", clock, BindingShareOptions{})
+	waitListening(t, srv, url, "node-b-listen")
+	const n = 3000
+	start := time.Now()
+	for i := range n {
+		a.bind(fmt.Sprintf("10.4.%d.%d", i/250, i%250+1), fmt.Sprintf("user%d", i))
+	}
+	publish := time.Since(start)
+	for i := range n {
+		b.waitUser(t, fmt.Sprintf("10.4.%d.%d", i/250, i%250+1), fmt.Sprintf("user%d", i), true, 2*time.Second-time.Since(start))
+	}
+	t.Logf("%d binds on A: %s to publish, all on B after %s", n, publish, time.Since(start))
+	if st := a.share.Stats(); st.Published != n || st.Dropped != 0 {
+		t.Fatalf("A: %+v", st)
+	}
+}
+
 func TestPGBindingsSharedAcrossNodes(t *testing.T) {
 	srv := sharedPG(t)
 	url := srv.CreateDB(t)
