@@ -73,6 +73,19 @@ func (n *bindNode) waitUser(t *testing.T, addr, want string, ok bool, within tim
 	}
 }
 
+// waitStats waits until the node's figures satisfy ok (the writer counts
+// a write when its commit returns, which may be after others read it).
+func (n *bindNode) waitStats(t *testing.T, what string, ok func(BindingShareStats) bool) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for !ok(n.share.Stats()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %+v", what, n.share.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // bindingRows counts the rows of identity_bindings.
 func bindingRows(t *testing.T, st *PGStore) int {
 	t.Helper()
@@ -122,10 +135,8 @@ func TestPGBindingsPropagate(t *testing.T) {
 		t.Errorf("grant reached B's register in %s: its doorbell is not rung", d)
 	}
 
-	sa, sb := a.share.Stats(), b.share.Stats()
-	if sa.Published != 100 || sa.Dropped != 0 || sb.Applied < 100 || sb.Published != 0 {
-		t.Errorf("stats: A %+v, B %+v", sa, sb)
-	}
+	a.waitStats(t, "A", func(s BindingShareStats) bool { return s.Published == 100 && s.Dropped == 0 })
+	b.waitStats(t, "B", func(s BindingShareStats) bool { return s.Applied >= 100 && s.Published == 0 })
 	if n := bindingRows(t, a.store); n != 100 {
 		t.Errorf("%d rows, want 100", n)
 	}
@@ -133,10 +144,7 @@ func TestPGBindingsPropagate(t *testing.T) {
 	clock.Add(time.Minute)
 	a.bind("10.1.0.1", "alice")
 	b.waitUser(t, "10.1.0.1", "alice", true, 2*time.Second)
-	deadline := time.Now().Add(2 * time.Second)
-	for a.share.Stats().Published != 101 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	a.waitStats(t, "A", func(s BindingShareStats) bool { return s.Published == 101 })
 	if n := bindingRows(t, a.store); n != 100 {
 		t.Errorf("%d rows after a second bind, want 100", n)
 	}
@@ -160,9 +168,7 @@ func TestPGBindingsBurst(t *testing.T) {
 		b.waitUser(t, fmt.Sprintf("10.4.%d.%d", i/250, i%250+1), fmt.Sprintf("user%d", i), true, 2*time.Second-time.Since(start))
 	}
 	t.Logf("%d binds on A: %s to publish, all on B after %s", n, publish, time.Since(start))
-	if st := a.share.Stats(); st.Published != n || st.Dropped != 0 {
-		t.Fatalf("A: %+v", st)
-	}
+	a.waitStats(t, "A", func(s BindingShareStats) bool { return s.Published == n && s.Dropped == 0 })
 }
 
 func TestPGBindingsSharedAcrossNodes(t *testing.T) {
@@ -270,9 +276,9 @@ func TestPGBindingsStoreDown(t *testing.T) {
 		}
 	}
 	t.Logf("queued binds on B %s after the restart", time.Since(restarted))
-	if st := a.share.Stats(); st.Published != 9 || st.Queued != 0 || st.Dropped != 12 {
-		t.Fatalf("after the restart: %+v", st)
-	}
+	a.waitStats(t, "A after the restart", func(s BindingShareStats) bool {
+		return s.Published == 9 && s.Queued == 0 && s.Dropped == 12
+	})
 	a.bind("10.3.0.1", "alice")
 	b.waitUser(t, "10.3.0.1", "alice", true, 2*time.Second)
 	a.bind("10.2.0.1", "alice") // a dropped one, bound again
