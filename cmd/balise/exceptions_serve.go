@@ -59,6 +59,15 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 		st.Close()
 		return err
 	}
+	// With PostgreSQL, identity bindings are shared between nodes through
+	// the register (nil with SQLite).
+	share, err := reg.ShareBindings(exceptions.BindingShareOptions{
+		TTL: rt.cfg.Identity.BindingTTL, Registerer: rt.reg, Clock: rt.now, Logger: rt.log})
+	if err != nil {
+		reg.Close()
+		return err
+	}
+	rt.bindingShare = share
 	if err := reg.Repair(ctx); errors.Is(err, exceptions.ErrAudit) {
 		// Filtering goes on; requests and decisions fail until the
 		// officer restores the log.
