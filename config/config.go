@@ -55,6 +55,7 @@ type Config struct {
 	Exceptions *ExceptionsSection // nil when the file has no [exceptions] table
 	Directory  *DirectorySection  // nil when the file has no [directory] table
 	Identity   IdentitySection
+	Console    *ConsoleSection // nil when the file has no [console] table
 
 	Groups    []Group
 	Schedules []Schedule

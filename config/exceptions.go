@@ -37,6 +37,9 @@ type ExceptionsSection struct {
 	GrantPoll time.Duration
 	// NotifyURL receives a webhook POST for each new request ("" = none).
 	NotifyURL string
+	// NotifyFormat is the webhook body: "json" (default), "slack" or
+	// "teams".
+	NotifyFormat string
 	// NotifyTimeout bounds the webhook call (default 5s).
 	NotifyTimeout time.Duration
 	// PendingAlertAfter: requests pending longer count as overdue (default 24h).

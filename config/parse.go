@@ -128,6 +128,7 @@ func (p *parser) parse() *Config {
 	c.ListCache = p.listsSection(root.sub("lists"), c.Exceptions)
 	c.Directory = p.directorySection(root.sub("directory"))
 	c.Identity = p.identitySection(root.sub("identity"), c.Exceptions)
+	c.Console = p.consoleSection(root.sub("console"), c)
 	p.checkIdentity(c)
 
 	c.Groups = p.groups(root.tables("group"))

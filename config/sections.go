@@ -388,6 +388,7 @@ func (p *parser) exceptionsSection(t *tbl) *ExceptionsSection {
 	}
 	c.NotifyURL = t.str("notify_url", "")
 	p.checkURL("exceptions.notify_url", c.NotifyURL, "http", "https")
+	c.NotifyFormat = t.enum("notify_format", "json", "json", "slack", "teams")
 	c.NotifyTimeout = t.duration("notify_timeout", 5*time.Second)
 	c.PendingAlertAfter = t.duration("pending_alert_after", 24*time.Hour)
 	c.Retention = t.duration("retention", 365*24*time.Hour)

@@ -106,7 +106,7 @@ func TestExceptionsCommandUsage(t *testing.T) {
 		{[]string{"exceptions", "--config", withEx, "approve", "EX-0001", "--by", "RSI"}, 2, "exactly one of --for"},
 		{[]string{"exceptions", "--config", withEx, "approve", "EX-0001", "--for", "4h"}, 2, "--by"},
 		{[]string{"exceptions", "--config", withEx, "approve", "EX-0001", "--for", "soon", "--by", "RSI"}, 2, "invalid duration"},
-		{[]string{"exceptions", "--config", withEx, "approve", "EX-0001", "--for", "4h", "--by", "RSI", "--subject", "user"}, 1, "directory source"},
+		{[]string{"exceptions", "--config", withEx, "approve", "EX-0001", "--for", "4h", "--by", "RSI", "--subject", "user"}, 1, "no such request"},
 		{[]string{"exceptions", "--config", withEx, "deny", "EX-0001", "--by", "RSI"}, 2, "--reason"},
 		{[]string{"exceptions", "--config", withEx, "export"}, 2, "--format"},
 		{[]string{"exceptions", "--config", withEx, "export", "--format", "xml"}, 2, "--format"},

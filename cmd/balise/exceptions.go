@@ -25,6 +25,7 @@ commands:
   approve ID (--for DURATION | --until RFC3339) --by NAME [--note TEXT] [--subject client|user]
   deny    ID --by NAME --reason TEXT
   revoke  ID --by NAME --reason TEXT
+  extend  ID (--for DURATION | --until RFC3339) --by NAME [--note TEXT]
   export  --format csv|json [--since DATE] [--by NAME]
   verify
   purge   [--older-than DURATION] [--by NAME]
@@ -71,6 +72,8 @@ func runExceptions(args []string, stdout, stderr io.Writer) int {
 		return c.approve(rest)
 	case "deny", "revoke":
 		return c.close(cmd, rest)
+	case "extend":
+		return c.extend(rest)
 	case "export":
 		return c.export(rest)
 	case "verify":
@@ -340,6 +343,52 @@ func (c *exceptionsCLI) approve(args []string) int {
 	}
 	fmt.Fprintf(c.stdout, "%s approved: %s may reach %s until %s (running servers apply it within %s)\n",
 		q.ID, who, strings.Join(q.Grant.Services, ", "), c.local(q.Grant.NotAfter), c.cfg.Exceptions.GrantPoll+time.Second)
+	return exitOK
+}
+
+func (c *exceptionsCLI) extend(args []string) int {
+	fs := c.flagSet("extend")
+	forD := fs.String("for", "", "move the grant's end `DURATION` later (4h, 7d)")
+	until := fs.String("until", "", "move the grant's end to `TIME` (RFC 3339)")
+	by := fs.String("by", "", "your `NAME` (recorded in the audit log)")
+	note := fs.String("note", "", "a `TEXT` kept with the decision")
+	pos, code := c.parse(fs, args, 1)
+	if code >= 0 {
+		return code
+	}
+	x := exceptions.Extension{By: *by, Note: *note}
+	switch {
+	case *by == "":
+		fmt.Fprintln(c.stderr, "balise exceptions extend: --by NAME is required")
+		return exitUsage
+	case (*forD == "") == (*until == ""):
+		fmt.Fprintln(c.stderr, "balise exceptions extend: give exactly one of --for DURATION and --until RFC3339")
+		return exitUsage
+	case *forD != "":
+		d, err := exceptions.ParseDuration(*forD)
+		if err != nil || d <= 0 {
+			fmt.Fprintf(c.stderr, "balise exceptions extend: --for: invalid duration %q\n", *forD)
+			return exitUsage
+		}
+		x.For = d
+	default:
+		t, err := time.Parse(time.RFC3339, *until)
+		if err != nil {
+			fmt.Fprintf(c.stderr, "balise exceptions extend: --until: %q is not an RFC 3339 time (2026-11-20T17:00:00-05:00)\n", *until)
+			return exitUsage
+		}
+		x.Until = t
+	}
+	if code := c.open(); code >= 0 {
+		return code
+	}
+	defer c.reg.Close()
+	q, err := c.reg.Extend(context.Background(), pos[0], x)
+	if err != nil {
+		return c.fail("extend", err)
+	}
+	fmt.Fprintf(c.stdout, "%s extended: the grant now ends %s (running servers apply it within %s)\n",
+		q.ID, c.local(q.Grant.NotAfter), c.cfg.Exceptions.GrantPoll+time.Second)
 	return exitOK
 }
 

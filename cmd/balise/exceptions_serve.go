@@ -51,7 +51,7 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 		Logger:            rt.log,
 	}
 	if ex.NotifyURL != "" {
-		notifier = exceptions.NewNotifier(exceptions.NotifierOptions{URL: ex.NotifyURL, Timeout: ex.NotifyTimeout, Logger: rt.log})
+		notifier = exceptions.NewNotifier(exceptions.NotifierOptions{URL: ex.NotifyURL, Format: ex.NotifyFormat, Timeout: ex.NotifyTimeout, Logger: rt.log})
 		opt.Notify = notifier.Enqueue
 	}
 	reg, err := exceptions.Open(ctx, opt)
@@ -59,6 +59,15 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 		st.Close()
 		return err
 	}
+	// With PostgreSQL, identity bindings are shared between nodes through
+	// the register (nil with SQLite).
+	share, err := reg.ShareBindings(exceptions.BindingShareOptions{
+		TTL: rt.cfg.Identity.BindingTTL, Registerer: rt.reg, Clock: rt.now, Logger: rt.log})
+	if err != nil {
+		reg.Close()
+		return err
+	}
+	rt.bindingShare = share
 	if err := reg.Repair(ctx); errors.Is(err, exceptions.ErrAudit) {
 		// Filtering goes on; requests and decisions fail until the
 		// officer restores the log.
@@ -84,8 +93,10 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 			}
 			return id
 		},
-		Logger: rt.log,
-		Clock:  rt.now,
+		Logger:     rt.log,
+		Clock:      rt.now,
+		StatusBase: rt.cfg.Proxy.PortalURL,
+		Location:   rt.cfg.Location,
 	})
 	if err != nil {
 		reg.Close()

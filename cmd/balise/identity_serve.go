@@ -11,16 +11,19 @@ import (
 )
 
 // startIdentity builds who-is-asking when [proxy.auth] mode is
-// "negotiate": the Kerberos verifier (keytab), the directory client
-// ([directory], optional), the address bindings and the pseudonym key
-// (created when missing). The proxy and the DNS filter then find it in
-// rt.identity; without it (the default) every decision is by address.
-// A reload re-reads the keytab (after a password change of the service
-// account); the rest of [directory], [proxy.auth] and [identity] waits
-// for a restart.
+// "negotiate" or a [directory] is configured: the Kerberos verifier
+// (keytab; negotiate only), the directory client ([directory],
+// optional), the address bindings (shared with the other nodes through a
+// PostgreSQL register) and the pseudonym key (created when missing). The
+// proxy (with negotiate) and the DNS filter then find it in rt.identity;
+// without it (the default) every decision is by address. A DNS-only node
+// with a [directory] and a PostgreSQL register decides for the users the
+// proxy nodes authenticated. A reload re-reads the keytab (after a
+// password change of the service account); the rest of [directory],
+// [proxy.auth] and [identity] waits for a restart.
 func startIdentity(ctx context.Context, rt *runtime) error {
 	cfg := rt.cfg
-	if cfg.Proxy.Auth.Mode != "negotiate" {
+	if cfg.Proxy.Auth.Mode != "negotiate" && cfg.Directory == nil {
 		return nil
 	}
 	svc, closeAll, err := newIdentity(cfg, rt)
@@ -28,6 +31,9 @@ func startIdentity(ctx context.Context, rt *runtime) error {
 		return err
 	}
 	rt.identity = svc
+	if rt.bindingShare != nil {
+		rt.wg.Go(func() { rt.bindingShare.Run(ctx, svc.Bindings()) })
+	}
 	rt.onReload(func(*config.Config) {
 		if err := svc.ReloadKeytab(); err != nil {
 			rt.log.Warn("proxy.auth.keytab: reload failed, the keytab in force is kept", "error", err)
@@ -44,10 +50,14 @@ func startIdentity(ctx context.Context, rt *runtime) error {
 // releases it.
 func newIdentity(cfg *config.Config, rt *runtime) (*identity.Service, func(), error) {
 	a := cfg.Proxy.Auth
-	v, err := negotiate.New(negotiate.Options{Keytab: a.Keytab, ServicePrincipal: a.ServicePrincipal})
-	if err != nil {
-		return nil, nil, fmt.Errorf("proxy.auth: %w", err)
+	var v *negotiate.Verifier
+	if a.Mode == "negotiate" {
+		var err error
+		if v, err = negotiate.New(negotiate.Options{Keytab: a.Keytab, ServicePrincipal: a.ServicePrincipal}); err != nil {
+			return nil, nil, fmt.Errorf("proxy.auth: %w", err)
+		}
 	}
+	var err error
 	var dir *directory.Directory
 	if d := cfg.Directory; d != nil {
 		dc := directoryConfig(d)
@@ -64,7 +74,11 @@ func newIdentity(cfg *config.Config, rt *runtime) (*identity.Service, func(), er
 		}
 		return nil, nil, err
 	}
-	b := identity.NewBindings(identity.Options{TTL: cfg.Identity.BindingTTL, SharedAfter: cfg.Identity.SharedAfter})
+	bo := identity.Options{TTL: cfg.Identity.BindingTTL, SharedAfter: cfg.Identity.SharedAfter}
+	if rt.bindingShare != nil {
+		bo.OnBind = rt.bindingShare.Publish
+	}
+	b := identity.NewBindings(bo)
 	svc, err := identity.NewService(identity.ServiceOptions{Verifier: v, Directory: dir, Bindings: b, Pseudonyms: ps, Registerer: rt.reg})
 	if err != nil {
 		return nil, nil, err

@@ -26,6 +26,7 @@ const usageText = `usage:
   balise explain --config FILE --client IP --host HOST [--user NAME] [--groups a,b] [--at RFC3339] [--json]
   balise exceptions --config FILE COMMAND ...
   balise identity reveal --config FILE --by NAME --reason TEXT PSEUDONYM
+  balise console passwd --accounts FILE --role officer|auditor USER
   balise ca init --out DIR
   balise version
 `
@@ -49,6 +50,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runExceptions(rest, stdout, stderr)
 	case "identity":
 		return runIdentity(rest, stdout, stderr)
+	case "console":
+		return runConsole(rest, os.Stdin, stdout, stderr)
 	case "ca":
 		return runCA(rest, stdout, stderr)
 	case "version":

@@ -250,7 +250,7 @@ func proxyOptions(cfg *config.Config, rt *runtime) (proxy.Options, error) {
 	if ex, ok := rt.exceptions.(proxy.Exceptions); ok && ex != nil {
 		o.Exceptions = ex
 	}
-	if rt.identity != nil {
+	if rt.identity != nil && pc.Auth.Mode == "negotiate" {
 		o.Auth = rt.identity
 		o.AuthClients = pc.Auth.Clients
 		o.AuthAlways = pc.Auth.Challenge == "always"

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/balise-net/balise/internal/exceptions"
 	"github.com/balise-net/balise/internal/identity"
 	"log/slog"
 	"net/netip"
@@ -49,6 +50,9 @@ type runtime struct {
 	// identity answers who is asking (set by startIdentity when
 	// [proxy.auth] mode is "negotiate"; nil: decisions by address only).
 	identity *identity.Service
+	// bindingShare shares identity bindings with the other nodes through
+	// the PostgreSQL register (set by startExceptions; nil with SQLite).
+	bindingShare *exceptions.BindingShare
 
 	// exceptions holds the exception register's web front-end, set by
 	// startExceptions (nil when [exceptions] is absent). Its concrete type

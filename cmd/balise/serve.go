@@ -144,6 +144,7 @@ func (s *server) run(parent context.Context, sigs <-chan os.Signal) int {
 	}{
 		{"exceptions", startExceptions},
 		{"identity", startIdentity},
+		{"console", startConsole},
 		{"dns", startDNS},
 		{"proxy", startProxy},
 	}

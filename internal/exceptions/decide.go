@@ -100,6 +100,9 @@ func (r *Register) Approve(ctx context.Context, id string, a Approval) (Request,
 			NotAfter: formatTime(q.Grant.NotAfter), Actor: a.By, Note: a.Note,
 		}}, nil
 	})
+	if err == nil {
+		r.hooks.call(EventApproved, out)
+	}
 	return out, err
 }
 
@@ -146,6 +149,9 @@ func (r *Register) close(ctx context.Context, id, by, reason string, from, to St
 		out = q
 		return []Event{{Event: event, ID: q.ID, Client: q.Client.String(), Services: q.Services, Actor: by, Reason: reason}}, nil
 	})
+	if err == nil {
+		r.hooks.call(event, out)
+	}
 	return out, err
 }
 

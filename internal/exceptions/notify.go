@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -14,6 +15,10 @@ import (
 type NotifierOptions struct {
 	// URL receives a POST with a JSON summary of each new request. Required.
 	URL string
+	// Format is the body's shape: "json" (default: Summary), "slack" (an
+	// incoming webhook's {"text": ...}) or "teams" (a message with an
+	// Adaptive Card, for Teams workflows and incoming webhooks).
+	Format string
 	// Timeout bounds one attempt. Zero: 5 s.
 	Timeout time.Duration
 	// Attempts is the number of tries per request. Zero: 3.
@@ -95,12 +100,7 @@ func (n *Notifier) Run(ctx context.Context) {
 }
 
 func (n *Notifier) deliver(ctx context.Context, r Request) {
-	body, _ := json.Marshal(Summary{
-		Event: EventReceived, ID: r.ID, CreatedAt: formatTime(r.Created), Client: r.Client.String(),
-		User: r.User, Services: r.Services, Host: r.Host, Duration: formatDuration(r.Duration),
-		Text: fmt.Sprintf("Balise: nouvelle demande d'exception %s (%v, %s) / new exception request; `balise exceptions show %s`",
-			r.ID, r.Services, formatDuration(r.Duration), r.ID),
-	})
+	body := NotificationBody(n.opt.Format, r)
 	wait := n.opt.Backoff
 	var err error
 	for i := 0; i < n.opt.Attempts; i++ {
@@ -144,4 +144,48 @@ func (n *Notifier) failed(r Request, err error) {
 		n.opt.Metrics.notifyErrors.Inc()
 	}
 	n.opt.Logger.Warn("exception notification failed", "id", r.ID, "err", err)
+}
+
+// NotificationBody is the webhook body announcing new request r in format
+// "json" (or ""), "slack" or "teams". Personal fields typed by the
+// requester (name, contact, justification) are never included.
+func NotificationBody(format string, r Request) []byte {
+	text := fmt.Sprintf("Balise: nouvelle demande d'exception %s (%s, %s) / new exception request; `balise exceptions show %s`",
+		r.ID, strings.Join(r.Services, ", "), formatDuration(r.Duration), r.ID)
+	var v any
+	switch format {
+	case "slack":
+		v = map[string]any{"text": text}
+	case "teams":
+		facts := []map[string]string{
+			{"title": "Demande / Request", "value": r.ID},
+			{"title": "Service", "value": strings.Join(r.Services, ", ")},
+			{"title": "Durée / Duration", "value": formatDuration(r.Duration)},
+			{"title": "Poste / Workstation", "value": r.Client.String()},
+		}
+		v = map[string]any{
+			"type": "message",
+			"attachments": []any{map[string]any{
+				"contentType": "application/vnd.microsoft.card.adaptive",
+				"content": map[string]any{
+					"$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+					"type":    "AdaptiveCard",
+					"version": "1.4",
+					"body": []any{
+						map[string]any{"type": "TextBlock", "text": "Balise: nouvelle demande d'exception / new exception request", "weight": "bolder", "wrap": true},
+						map[string]any{"type": "FactSet", "facts": facts},
+					},
+				},
+			}},
+		}
+	default:
+		v = Summary{
+			Event: EventReceived, ID: r.ID, CreatedAt: formatTime(r.Created), Client: r.Client.String(),
+			User: r.User, Services: r.Services, Host: r.Host, Duration: formatDuration(r.Duration),
+			Text: fmt.Sprintf("Balise: nouvelle demande d'exception %s (%v, %s) / new exception request; `balise exceptions show %s`",
+				r.ID, r.Services, formatDuration(r.Duration), r.ID),
+		}
+	}
+	body, _ := json.Marshal(v)
+	return body
 }

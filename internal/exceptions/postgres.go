@@ -83,6 +83,17 @@ var pgMigrations = []string{
 		hash text NOT NULL
 	);
 	INSERT INTO audit_head (one, seq, hash) VALUES (true, 0, '` + "0000000000000000000000000000000000000000000000000000000000000000" + `');`,
+	// 2: identity bindings shared between nodes (bindings_pg.go): the last
+	// authentication of each user from each address, kept binding_ttl.
+	`CREATE TABLE identity_bindings (
+		addr      text NOT NULL,
+		user_name text NOT NULL,
+		at_ns     bigint NOT NULL,
+		version   bigint NOT NULL,
+		PRIMARY KEY (addr, user_name)
+	);
+	CREATE INDEX identity_bindings_version ON identity_bindings (version);
+	CREATE INDEX identity_bindings_at ON identity_bindings (at_ns);`,
 }
 
 // Advisory lock keys (one 64-bit space per database): the schema
@@ -127,7 +138,14 @@ type PGStore struct {
 	connCfg  *pgx.ConnConfig
 	readOnly bool
 
-	bell chan struct{} // rung (non-blocking) by the listener
+	bell   chan struct{} // Doorbell's, rung (non-blocking) by the listener
+	bellMu sync.Mutex
+	bells  []chan struct{} // the other subscribers', rung with bell
+
+	listenMu   sync.Mutex
+	listenRefs int                // Listen calls running
+	listenStop context.CancelFunc // stops the one listening connection
+	listenDone chan struct{}      // closed when it stopped
 
 	leaderMu   sync.Mutex
 	leaderConn *pgx.Conn // tries for, or holds, the session-level leader lock
@@ -326,18 +344,74 @@ func (s *PGStore) View(ctx context.Context, fn func(ReadTx) error) error {
 // Listen runs; a missed ring is caught by the periodic re-read.
 func (s *PGStore) Doorbell() <-chan struct{} { return s.bell }
 
+// subscribe returns another doorbell, rung with Doorbell's, for a second
+// reader of changes (the identity bindings' follower), and the function
+// that retires it.
+func (s *PGStore) subscribe() (<-chan struct{}, func()) {
+	c := make(chan struct{}, 1)
+	s.bellMu.Lock()
+	s.bells = append(s.bells, c)
+	s.bellMu.Unlock()
+	return c, func() {
+		s.bellMu.Lock()
+		defer s.bellMu.Unlock()
+		for i, b := range s.bells {
+			if b == c {
+				s.bells = append(s.bells[:i], s.bells[i+1:]...)
+				return
+			}
+		}
+	}
+}
+
 func (s *PGStore) ring() {
-	select {
-	case s.bell <- struct{}{}:
-	default:
+	ring := func(b chan struct{}) {
+		select {
+		case b <- struct{}{}:
+		default:
+		}
+	}
+	ring(s.bell)
+	s.bellMu.Lock()
+	defer s.bellMu.Unlock()
+	for _, b := range s.bells {
+		ring(b)
 	}
 }
 
 // Listen keeps a connection that LISTENs for changes and rings the
-// doorbell, until ctx ends. When the connection is lost it reconnects
+// doorbells, until ctx ends. When the connection is lost it reconnects
 // (every retry, at most 1 s apart) and rings once after reconnecting, so
-// that whatever was committed while it was away is read.
+// that whatever was committed while it was away is read. Several Listen
+// calls share one connection, kept while any of them runs.
 func (s *PGStore) Listen(ctx context.Context, retry time.Duration) {
+	s.listenMu.Lock()
+	if s.listenRefs == 0 {
+		lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		s.listenStop, s.listenDone = stop, done
+		go func() {
+			defer close(done)
+			s.listen(lctx, retry)
+		}()
+	}
+	s.listenRefs++
+	s.listenMu.Unlock()
+	<-ctx.Done()
+	s.listenMu.Lock()
+	s.listenRefs--
+	var done chan struct{}
+	if s.listenRefs == 0 {
+		s.listenStop()
+		done = s.listenDone
+	}
+	s.listenMu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
+
+func (s *PGStore) listen(ctx context.Context, retry time.Duration) {
 	if retry <= 0 || retry > time.Second {
 		retry = time.Second
 	}

@@ -74,6 +74,7 @@ type Register struct {
 	now     func() time.Time
 	mu      sync.Mutex // serializes this process's appenders before the store lock
 	cache   cache      // open requests, for grants that survive a store outage
+	hooks   hooks      // functions told of new requests and decisions (OnChange)
 }
 
 // Open returns a Register on opt.Store. It does not touch the audit log:
@@ -305,6 +306,7 @@ func (r *Register) Submit(ctx context.Context, s Submission) (Receipt, error) {
 		if r.opt.Notify != nil {
 			r.opt.Notify(rc.Request)
 		}
+		r.hooks.call(EventReceived, rc.Request)
 	}
 	return rc, nil
 }

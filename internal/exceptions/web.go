@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/balise-net/balise/internal/policy"
@@ -40,6 +41,12 @@ type WebOptions struct {
 	Clock func() time.Time
 	// Timeout bounds recording one request. Zero: 15 s.
 	Timeout time.Duration
+	// StatusBase is the portal's address ("http://balise.cisss.example/"):
+	// the answer to a request links to its status page there. Empty: the
+	// link is relative to the blocked host the form was posted to.
+	StatusBase string
+	// Location is the time zone of the status page's times. Nil: local.
+	Location *time.Location
 }
 
 // Web is the register's web side: the form embedded in block pages and the
@@ -163,6 +170,8 @@ type answer struct {
 	Received, Duplicate    bool
 	ID, ServiceName        string
 	DurationFR, DurationEN string
+	// StatusURL is the link to the request's status page ("" = none).
+	StatusURL string
 }
 
 var answerTmpl = template.Must(template.New("answer").Parse(`<!DOCTYPE html>
@@ -179,6 +188,7 @@ section{margin-bottom:2rem}.num{font-size:1.4rem;font-weight:bold;letter-spacing
 {{if .Duplicate}}<p>Cette demande avait déjà été reçue; elle n'a pas été envoyée une deuxième fois.</p>{{end}}
 <p>Votre demande d'accès à {{.ServiceName}} pour {{.DurationFR}} a été enregistrée. Le service de la sécurité de l'information l'examinera et pourra vous joindre aux coordonnées indiquées.</p>
 <p>Si elle est acceptée, l'accès s'ouvrira de lui-même sur ce poste, en quelques secondes, pour la durée accordée : rechargez simplement la page. Vous n'avez rien d'autre à faire. Conservez ce numéro pour toute question.</p>
+{{if .StatusURL}}<p><a id="status-link" href="{{.StatusURL}}" rel="noreferrer">Suivre ma demande</a> (lien personnel : ne le partagez pas)</p>{{end}}
 {{else}}{{range .FR}}<p>{{.}}</p>{{end}}{{if .FieldFR}}<p><strong>{{.FieldFR}}</strong></p>{{end}}{{end}}
 <p><a href="/">Revenir à la page</a></p>
 </section>
@@ -189,6 +199,7 @@ section{margin-bottom:2rem}.num{font-size:1.4rem;font-weight:bold;letter-spacing
 {{if .Duplicate}}<p>This request had already been received; it was not sent a second time.</p>{{end}}
 <p>Your request for access to {{.ServiceName}} for {{.DurationEN}} was recorded. The information-security service will review it and may contact you at the address you gave.</p>
 <p>If it is approved, access opens by itself on this workstation, within seconds, for the time granted: just reload the page. There is nothing else to do. Keep this number for any question.</p>
+{{if .StatusURL}}<p><a href="{{.StatusURL}}" rel="noreferrer">Follow my request</a> (personal link: do not share it)</p>{{end}}
 {{else}}{{range .EN}}<p>{{.}}</p>{{end}}{{if .FieldEN}}<p><strong>{{.FieldEN}}</strong></p>{{end}}{{end}}
 <p><a href="/">Back to the page</a></p>
 </section>
@@ -245,6 +256,10 @@ var formFields = map[string]bool{"service": true, "host": true, "token": true, "
 // the request path). r.RemoteAddr must be the client's address ("ip" or
 // "ip:port"), as the proxy sets it.
 func (w *Web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	if len(r.URL.Path) > len(StatusPrefix) && r.URL.Path[:len(StatusPrefix)] == StatusPrefix {
+		w.serveStatus(rw, r)
+		return
+	}
 	if r.URL.Path != RequestPath {
 		w.fail(rw, http.StatusNotFound, "Page introuvable", "Not found",
 			"Cette adresse n'existe pas.", "This address does not exist.")
@@ -350,9 +365,15 @@ func (w *Web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	default:
 		q := rc.Request
 		name := w.opt.ServiceName(q.Services[0])
-		w.write(rw, answer{Status: http.StatusOK, TitleFR: "Demande reçue", TitleEN: "Request received",
+		a := answer{Status: http.StatusOK, TitleFR: "Demande reçue", TitleEN: "Request received",
 			Received: true, Duplicate: rc.Duplicate, ID: rc.ID, ServiceName: name,
-			DurationFR: durationLabel(q.Duration, "fr"), DurationEN: durationLabel(q.Duration, "en")})
+			DurationFR: durationLabel(q.Duration, "fr"), DurationEN: durationLabel(q.Duration, "en")}
+		if token, err := w.opt.Register.IssueStatusToken(ctx, rc.ID); err == nil {
+			a.StatusURL = strings.TrimSuffix(w.opt.StatusBase, "/") + StatusPrefix + token
+		} else {
+			w.opt.Logger.Warn("exception status link not issued", "id", rc.ID, "err", err)
+		}
+		w.write(rw, a)
 	}
 }
 

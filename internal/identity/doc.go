@@ -7,8 +7,9 @@
 // SharedAfter distinct users within the time-to-live), the DNS filter,
 // which sees no login, decides for that user. The read is lock-striped,
 // cheap and allocation-free; memory is bounded. Bindings are never
-// logged. OnBind and Apply let several replicas share bindings through a
-// common store later.
+// logged. Several replicas share bindings through a common store: OnBind
+// feeds an Outbox (bounded, never blocking) that the store drains, and
+// the store gives the other replicas' bindings to Apply.
 //
 // Pseudonyms turns a user name into a short stable token with
 // HMAC-SHA256 and a secret key kept in a file (LoadOrCreateKey creates

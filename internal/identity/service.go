@@ -22,6 +22,7 @@ type Service struct {
 	dir        *directory.Directory // nil: users have no directory groups
 	bindings   *Bindings
 	pseudonyms *Pseudonyms
+	lookups    chan struct{} // slots of background lookups (lookUp)
 }
 
 // ServiceOptions are the parts of a Service.
@@ -52,7 +53,8 @@ func NewService(o ServiceOptions) (*Service, error) {
 	if o.Bindings == nil {
 		return nil, errors.New("identity: bindings are required")
 	}
-	s := &Service{verifier: o.Verifier, dir: o.Directory, bindings: o.Bindings, pseudonyms: o.Pseudonyms}
+	s := &Service{verifier: o.Verifier, dir: o.Directory, bindings: o.Bindings, pseudonyms: o.Pseudonyms,
+		lookups: make(chan struct{}, maxLookups)}
 	if o.Registerer != nil {
 		for _, c := range []prometheus.Collector{
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "balise_identity_bound_addresses",
@@ -127,6 +129,9 @@ func (s *Service) LogName(user string) string {
 	return s.pseudonyms.Name(user)
 }
 
+// Bindings returns the address bindings the service keeps.
+func (s *Service) Bindings() *Bindings { return s.bindings }
+
 // Bound returns the user bound to client (while exactly one is, see
 // Bindings.User) with that user's groups as last known, never waiting on
 // the directory: it serves the DNS filter's hot path.
@@ -136,7 +141,31 @@ func (s *Service) Bound(client netip.Addr, now time.Time) (user string, groups [
 		return "", nil, false
 	}
 	if s.dir != nil {
-		groups, _ = s.dir.Cached(user)
+		var cached bool
+		if groups, cached = s.dir.Cached(user); !cached {
+			s.lookUp(user)
+		}
 	}
 	return user, groups, true
 }
+
+// lookUp asks the directory for user's groups in the background, so that
+// the next Bound has them: a binding learnt from another node (or one
+// older than the cache) arrives without them. At most maxLookups run at
+// once; beyond, the lookup is left to a later call.
+func (s *Service) lookUp(user string) {
+	select {
+	case s.lookups <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-s.lookups }()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s.dir.Groups(ctx, user)
+	}()
+}
+
+// maxLookups bounds the background directory lookups of Bound.
+const maxLookups = 4
