@@ -453,8 +453,10 @@ func TestIdentityDecisionLines(t *testing.T) {
 // verification, cached groups, binding) against an unauthenticated
 // CONNECT to an unlisted host, and unlisted requests with
 // [proxy.auth] mode = "negotiate" against "off". Each request is a new
-// connection from a new curl; two instances run side by side and the
-// series alternate, several rounds, the median kept. BALISE_COST_N sets
+// connection from a new curl; three instances run side by side (auth on,
+// off, and off again as a control whose difference with the first "off"
+// is the noise floor) and the series alternate, several rounds, the
+// median kept. BALISE_COST_N sets
 // the requests per series and round (default 20), BALISE_COST_ROUNDS the
 // rounds (default 5).
 func TestIdentityCost(t *testing.T) {
@@ -468,6 +470,7 @@ func TestIdentityCost(t *testing.T) {
 	intranetTLS := "https://www.intranet.test:" + s.tlsPort + "/"
 	on := d.start(t, s, idOptions{})
 	off := d.start(t, s, idOptions{Auth: "off"})
+	ctl := d.start(t, s, idOptions{Auth: "off"}) // a second "off": the noise floor
 	series := []struct {
 		name string
 		in   *instance
@@ -480,6 +483,8 @@ func TestIdentityCost(t *testing.T) {
 		{name: "unauthenticated CONNECT, unlisted, auth off", in: off, url: intranetTLS},
 		{name: "unauthenticated HTTP GET, unlisted, auth on", in: on, url: intranet},
 		{name: "unauthenticated HTTP GET, unlisted, auth off", in: off, url: intranet},
+		{name: "unauthenticated CONNECT, unlisted, auth off (control)", in: ctl, url: intranetTLS},
+		{name: "unauthenticated HTTP GET, unlisted, auth off (control)", in: ctl, url: intranet},
 	}
 	for range rounds {
 		for i := range series {
@@ -499,6 +504,7 @@ func TestIdentityCost(t *testing.T) {
 	t.Logf("  %-60s %9v", "added by Kerberos verification and identity per CONNECT", med(series[0].cost)-med(series[1].cost))
 	t.Logf("  %-60s %9v", "unlisted CONNECT, auth on minus off", med(series[1].cost)-med(series[2].cost))
 	t.Logf("  %-60s %9v", "unlisted HTTP GET, auth on minus off", med(series[3].cost)-med(series[4].cost))
+	t.Logf("  %-60s %9v / %v", "control: the same, off minus off (CONNECT / HTTP)", med(series[5].cost)-med(series[2].cost), med(series[6].cost)-med(series[4].cost))
 }
 
 // lockedBuffer is a bytes.Buffer safe for the browser's output and the
