@@ -74,6 +74,9 @@ var seedServices = []seedService{
 	{"Apple Podcasts", "podcasts.apple.com", "apple-podcasts", "podcasts"}, // 001
 	{"Pocket Casts", "pocketcasts.com", "pocketcasts", "podcasts"},         // 001
 	{"Overcast", "overcast.fm", "overcast", "podcasts"},                    // 001
+	{"Castbox", "castbox.fm", "castbox", "podcasts"},                       // 001
+	{"Podcast Addict", "podcastaddict.com", "podcast-addict", "podcasts"},  // 001
+	{"Player FM", "player.fm", "player-fm", "podcasts"},                    // 001
 	// Blogs: 000 « Blogues personnels ou corporatifs », 002 « blogues »,
 	// 003 « les blogues, personnels ou corporatifs ». One platform per
 	// language at least.
