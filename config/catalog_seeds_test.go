@@ -69,7 +69,8 @@ var seedServices = []seedService{
 	{"Yahoo! Groups", "groups.yahoo.com", "yahoo-groups", "forums"},   // 000, 003
 	{"Discord", "discord.com", "discord", "messaging"},                // 001
 	// Wikis: 001 « encyclopédies collaboratives », « les wikis »; 003.
-	{"Wikipedia", "fr.wikipedia.org", "wikipedia", "wikis"}, // 001, 003
+	{"Wikipedia", "fr.wikipedia.org", "wikipedia", "wikis"},     // 001, 003
+	{"wikis (Fandom)", "exemple.fandom.com", "fandom", "wikis"}, // 001 « les wikis »
 	// Podcasts: 001 « les balados (podcasts) ».
 	{"Apple Podcasts", "podcasts.apple.com", "apple-podcasts", "podcasts"}, // 001
 	{"Pocket Casts", "pocketcasts.com", "pocketcasts", "podcasts"},         // 001
