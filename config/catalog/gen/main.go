@@ -6,11 +6,14 @@
 // and DNS-over-TLS endpoints by provider with the documentation of each
 // host. The doh service lists the reference's permissive DoH entries and
 // every host of doh.toml (a host documented there is no longer
-// copyleft-only).
+// copyleft-only). coverage.toml, also beside catalog.toml, adds the
+// services the institutions' policies name that the reference lacks (and
+// their categories), and hosts of reference services documented by the
+// services' own pages, each with its sources (see coverage.go).
 //
 // Usage (from the config directory, through go generate):
 //
-//	go run ./catalog/gen -src DIR [-doh catalog/doh.toml] -out catalog/catalog.toml
+//	go run ./catalog/gen -src DIR [-doh catalog/doh.toml] [-coverage catalog/coverage.toml] -out catalog/catalog.toml
 //
 // Entries whose only sources are copyleft, share-alike or unlicensed
 // compilations are not part of the default lists: domain entries go to
