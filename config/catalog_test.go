@@ -18,7 +18,7 @@ func TestCatalog(t *testing.T) {
 	if !regexp.MustCompile(`^\d{4}-\d{2}-\d{2}\.\d+$`).MatchString(info.Version) {
 		t.Errorf("Version = %q, want DATE.COUNT", info.Version)
 	}
-	want := []string{"networking", "media-sharing", "messaging", "microblogging", "forums", "wikis", "podcasts", "comments", "doh"}
+	want := []string{"networking", "media-sharing", "messaging", "microblogging", "forums", "wikis", "podcasts", "comments", "blogs", "doh"}
 	if !slices.Equal(info.Categories, want) {
 		t.Errorf("Categories = %v, want %v", info.Categories, want)
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -45,6 +46,14 @@ func startConsole(ctx context.Context, rt *runtime) error {
 			return id
 		},
 		Clock: rt.now, Logger: rt.log,
+	}
+	if rt.identity != nil && rt.cfg.Proxy.Auth.Mode == "negotiate" {
+		// Single sign-on with the proxy's keytab: it must also hold the
+		// console's SPN (HTTP/<the console's name>).
+		opt.Negotiate = func(h string, c netip.Addr) (string, error) {
+			u, _, err := rt.identity.Verify(h, c)
+			return u, err
+		}
 	}
 	var closers []func()
 	closeAll := func() {

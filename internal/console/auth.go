@@ -126,7 +126,7 @@ func sameOrigin(origin string, r *http.Request) bool {
 
 func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 	l := lang(w, r)
-	c.render(w, r, http.StatusOK, "login", l, nil, map[string]any{"Next": safeNext(r.URL.Query().Get("next"))})
+	c.render(w, r, http.StatusOK, "login", l, nil, map[string]any{"Next": safeNext(r.URL.Query().Get("next")), "SSO": c.opt.Negotiate != nil})
 }
 
 // safeNext keeps a post-sign-in destination on this console.
@@ -193,6 +193,12 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.throttle.succeed(user)
+	c.startSession(w, r, name, role, src, now, safeNext(r.PostFormValue("next")))
+}
+
+// startSession opens a session for name with role (a fresh id: no
+// session fixation), sets its cookie, and answers the sign-in.
+func (c *Console) startSession(w http.ResponseWriter, r *http.Request, name, role, src string, now time.Time, next string) {
 	if ck, _ := r.Cookie(c.cookieName()); ck != nil {
 		c.sessions.remove(ck.Value) // no session fixation
 	}
@@ -204,7 +210,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, sessionJSON{User: s.user, Role: s.role, CSRFToken: s.csrf})
 		return
 	}
-	http.Redirect(w, r, safeNext(r.PostFormValue("next")), http.StatusSeeOther)
+	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 
 // authenticate checks user's password against the local accounts, then

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -38,6 +39,11 @@ type Options struct {
 	Register *exceptions.Register
 	// Directory signs directory users in. Nil: local accounts only.
 	Directory Directory
+	// Negotiate verifies a Kerberos (SPNEGO) Authorization header sent by
+	// the browser to GET /login/sso and returns the user, for single
+	// sign-on (the console's name must have an SPN in the keytab). Nil:
+	// no single sign-on, passwords only.
+	Negotiate func(header string, client netip.Addr) (user string, err error)
 	// AccountsFile holds local accounts (see WriteAccount). Empty: none.
 	AccountsFile string
 	// Officers and Auditors name directory users or groups (a name
@@ -153,6 +159,7 @@ func (c *Console) routes() {
 	m.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
 	m.HandleFunc("GET /login", c.loginPage)
 	m.HandleFunc("POST /login", c.login)
+	m.HandleFunc("GET /login/sso", c.loginSSO)
 	m.HandleFunc("POST /logout", c.auth(c.logout))
 	m.HandleFunc("GET /api/v1/session", c.auth(c.apiSession))
 	m.HandleFunc("GET /api/v1/requests", c.auth(c.apiList))

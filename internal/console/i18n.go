@@ -34,6 +34,7 @@ var messages = map[string][2]string{
 	"login":               {"Connexion", "Sign in"},
 	"username":            {"Nom d'utilisateur", "User name"},
 	"password":            {"Mot de passe", "Password"},
+	"sign_in_sso":         {"Se connecter avec la session de ce poste (Kerberos)", "Sign in with this workstation's session (Kerberos)"},
 	"sign_in":             {"Se connecter", "Sign in"},
 	"pending":             {"Demandes en attente", "Pending requests"},
 	"pending_hint":        {"Les plus anciennes d'abord.", "Oldest first."},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -330,4 +331,24 @@ func (r *Register) head(ctx context.Context) (Head, error) {
 func EqualGrant(a, b policy.Grant) bool {
 	return a.ID == b.ID && a.Subject == b.Subject && a.User == b.User && slices.Equal(a.Services, b.Services) &&
 		a.NotBefore.Equal(b.NotBefore) && a.NotAfter.Equal(b.NotAfter)
+}
+
+// PendingFor returns the oldest pending request from client that names
+// service, as last read from the store (no I/O): the block page says a
+// request is already waiting instead of offering the form again.
+func (r *Register) PendingFor(client netip.Addr, service string) (Request, bool) {
+	client = client.Unmap()
+	r.cache.mu.Lock()
+	defer r.cache.mu.Unlock()
+	var out Request
+	found := false
+	for _, q := range r.cache.open {
+		if q.Status != StatusPending || q.Client.Unmap() != client || !slices.Contains(q.Services, service) {
+			continue
+		}
+		if !found || q.Created.Before(out.Created) {
+			out, found = q, true
+		}
+	}
+	return out, found
 }

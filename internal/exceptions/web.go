@@ -86,6 +86,13 @@ type formData struct {
 	Min, Max, MaxName, MaxContact           int
 }
 
+var pendingTmpl = template.Must(template.New("pending").Parse(`<div class="balise-exception" lang="{{.Lang}}">
+{{if eq .Lang "en"}}<h2>Request already pending</h2>
+<p>Request {{.ID}} for {{.ServiceName}}, sent from this workstation on {{.Created}}, is waiting for the information-security service. You will find its answer here once it is decided.</p>
+{{else}}<h2>Demande déjà en attente</h2>
+<p>La demande {{.ID}} pour {{.ServiceName}}, envoyée depuis ce poste le {{.Created}}, attend la décision du service de la sécurité de l'information. Sa réponse s'affichera ici une fois rendue.</p>
+{{end}}</div>`))
+
 var formTmpl = template.Must(template.New("form").Parse(`<form class="balise-exception" method="post" action="/.balise/request" lang="{{.Lang}}">
 <input type="hidden" name="service" value="{{.Service}}">
 <input type="hidden" name="host" value="{{.Host}}">
@@ -145,6 +152,20 @@ func (w *Web) Form(client netip.Addr, d policy.Decision, host string, lang strin
 	name := d.ServiceName
 	if name == "" {
 		name = w.opt.ServiceName(d.Service)
+	}
+	if q, ok := w.opt.Register.PendingFor(client, d.Service); ok {
+		// A request is already waiting: say so rather than invite
+		// another one.
+		var b bytes.Buffer
+		loc := w.opt.Location
+		if loc == nil {
+			loc = time.Local
+		}
+		if err := pendingTmpl.Execute(&b, struct{ Lang, ID, ServiceName, Created string }{
+			lang, q.ID, name, q.Created.In(loc).Format("2006-01-02 15:04")}); err != nil {
+			return ""
+		}
+		return template.HTML(b.String())
 	}
 	fd := formData{
 		Lang: lang, Service: d.Service, ServiceName: name, Host: host,

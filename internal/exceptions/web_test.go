@@ -349,3 +349,27 @@ func TestNotifierNeverBlocks(t *testing.T) {
 		t.Fatalf("notify failures = %v, want %d dropped", got, 1000-256)
 	}
 }
+
+// TestFormSaysPending checks that once a workstation's request is
+// pending, its block page says so (with the request's number) instead of
+// offering the form again, while another workstation still gets the form.
+func TestFormSaysPending(t *testing.T) {
+	w := newWebEnv(t, nil)
+	v := w.formValues(t, "10.0.0.1")
+	if code, _ := w.post(t, "10.0.0.1:4000", v.Encode()); code != 200 {
+		t.Fatalf("POST = %d", code)
+	}
+	if _, _, err := w.reg.Refresh(context.Background(), w.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	f := string(w.web.Form(netip.MustParseAddr("10.0.0.1"), blocked, "www.facebook.com", "fr"))
+	if !strings.Contains(f, "EX-0001") || !strings.Contains(f, "déjà en attente") || strings.Contains(f, "<form") {
+		t.Errorf("form of a workstation with a pending request:\n%s\nwant the pending notice with EX-0001 and no form", f)
+	}
+	if en := string(w.web.Form(netip.MustParseAddr("10.0.0.1"), blocked, "www.facebook.com", "en")); !strings.Contains(en, "already pending") {
+		t.Errorf("English notice missing:\n%s", en)
+	}
+	if g := string(w.web.Form(netip.MustParseAddr("10.0.0.2"), blocked, "www.facebook.com", "fr")); !strings.Contains(g, "<form") {
+		t.Errorf("another workstation lost the form:\n%s", g)
+	}
+}
