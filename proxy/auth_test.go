@@ -180,3 +180,46 @@ func TestAuthConnectChallengeThenTunnel(t *testing.T) {
 		t.Errorf("CONNECT as bob: %d, want 403", code)
 	}
 }
+
+// TestAuthRequestFormRecordsUser checks that an exception request posted
+// from the block page records the person: on the authenticated
+// connection, and on another connection after a 407.
+func TestAuthRequestFormRecordsUser(t *testing.T) {
+	_, port := originHTTP(t)
+	ex := &fakeExceptions{}
+	a := &tokenAuth{groups: map[string][]string{}, bound: map[netip.Addr]string{}}
+	e := startEnv(t, authSpec(), func(o *Options) {
+		o.Auth = a
+		o.AuthClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+		o.Exceptions = ex
+	})
+	post := func(c net.Conn, br *bufio.Reader, extra string) int {
+		t.Helper()
+		body := "service=social"
+		fmt.Fprintf(c, "POST http://www.social.test:%s/.balise/request HTTP/1.1\r\nHost: www.social.test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n%s\r\n%s", port, len(body), extra, body)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	c, _ := net.Dial("tcp", e.addr)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	if code := post(c, br, ""); code != http.StatusProxyAuthRequired {
+		t.Fatalf("POST without credentials: %d, want 407", code)
+	}
+	if code := post(c, br, "Proxy-Authorization: Negotiate ok:alice\r\n"); code != 200 {
+		t.Fatalf("POST with alice's credentials: %d, want 200", code)
+	}
+	if code := post(c, br, ""); code != 200 {
+		t.Fatalf("second POST on alice's connection: %d, want 200", code)
+	}
+	calls := ex.calls()
+	if len(calls) != 2 || !strings.HasSuffix(calls[0], " user=alice") || !strings.HasSuffix(calls[1], " user=alice") {
+		t.Errorf("register saw %q, want two requests from user alice", calls)
+	}
+}

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/balise-net/balise/internal/decisionlog"
+	"github.com/balise-net/balise/internal/exceptions"
 	"github.com/balise-net/balise/internal/policy"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
@@ -298,7 +299,11 @@ func (f *fakeExceptions) Form(client netip.Addr, d policy.Decision, host, lang s
 
 func (f *fakeExceptions) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
-	f.remotes = append(f.remotes, r.RemoteAddr)
+	rec := r.RemoteAddr
+	if u := exceptions.UserFrom(r.Context()); u != "" {
+		rec += " user=" + u
+	}
+	f.remotes = append(f.remotes, rec)
 	f.mu.Unlock()
 	w.Header().Set("Content-Type", "text/plain")
 	io.WriteString(w, "register:"+r.Method+" "+r.URL.Path)

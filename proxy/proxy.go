@@ -288,8 +288,21 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if strings.HasPrefix(r.URL.Path, ReservedPath) {
 		pol := p.opts.Policy.Load()
-		d := pol.Decide(policy.Query{Host: r.URL.Hostname(), Client: client, Time: p.opts.Clock()})
+		now := p.opts.Clock()
+		host := r.URL.Hostname()
+		d := pol.Decide(policy.Query{Host: host, Client: client, Time: now})
 		if d.Verdict == policy.Block {
+			// A request posted on a connection the browser has not
+			// authenticated yet (another of its pooled connections) is
+			// challenged like the page was, so that it records the
+			// person.
+			if _, _, challenge := p.identify(r, client, host, pol, d, now); challenge {
+				body := p.blockPage(pol, client, host, d, now, r.Header.Get("Accept-Language"))
+				challenge407(w.Header(), len(body))
+				w.WriteHeader(http.StatusProxyAuthRequired)
+				w.Write(body)
+				return
+			}
 			p.serveReserved(w, r, client)
 			return
 		}
