@@ -48,10 +48,22 @@ func opsStartFull(t *testing.T) *instance {
 	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The directory client registers its metrics at start and connects
+	// only when a user is looked up: a directory nobody answers for is
+	// enough to expose them.
+	if err := os.WriteFile(filepath.Join(dir, "directory-password"), []byte("not-used\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	in := startBaliseWith(t, startOptions{
 		Dir: dir,
 		Env: []string{"SSL_CERT_FILE=" + ca},
 		Config: opsPolicy + `
+[directory]
+url = "ldaps://127.0.0.1:1"
+bind_dn = "svc-balise@balise.test"
+bind_password_file = "directory-password"
+base_dn = "DC=balise,DC=test"
+
 [exceptions]
 store = "balise-data/balise.db"
 audit_log = "balise-data/exceptions.jsonl"
