@@ -171,6 +171,10 @@ type Rule struct {
 	Categories []string
 	During     []string
 	Action     string
+	// Mode is "enforce" (default) or "report": a rule in report mode is
+	// evaluated, a decision it would have made is logged as
+	// would=<action>, and the rule is then skipped.
+	Mode string
 }
 
 // Load reads, parses and validates the configuration file at path. Its

@@ -236,6 +236,7 @@ func (p *parser) rules(ts []*tbl, c *Config) []Rule {
 		} else {
 			r.Action = t.enum("action", "", "allow", "block")
 		}
+		r.Mode = t.enum("mode", "enforce", "enforce", "report")
 		t.finish()
 		out = append(out, r)
 	}

@@ -58,7 +58,7 @@ func (c *Config) Spec() (policy.Spec, error) {
 		spec.Rules = append(spec.Rules, policy.Rule{
 			Name: r.Name, Groups: slices.Clone(r.Groups), Services: slices.Clone(r.Services),
 			Categories: slices.Clone(r.Categories), During: slices.Clone(r.During),
-			Action: verdict(r.Action),
+			Action: verdict(r.Action), Report: r.Mode == "report",
 		})
 	}
 	c.hosts.set(spec.Services)
