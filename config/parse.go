@@ -135,6 +135,9 @@ func (p *parser) parse() *Config {
 	c.Lists = p.lists(root.tables("list"))
 	c.Rules = p.rules(root.tables("rule"), c)
 	root.finish()
+	if len(p.problems) == 0 {
+		p.checkDangers(c)
+	}
 	return c
 }
 
