@@ -61,6 +61,10 @@ type Config struct {
 	Lists     []List
 	Rules     []Rule
 
+	// cat is the service catalog the configuration was read against (nil:
+	// the embedded one); see LoadWith.
+	cat *ServiceCatalog
+
 	// hosts holds the service hosts of the last Spec (see ServiceHosts);
 	// nil for a Config not made by Parse.
 	hosts *serviceHosts
@@ -191,7 +195,26 @@ func Load(path string) (*Config, error) {
 // Parse is Load on data already read; path names the file in messages and
 // anchors relative paths ("" = the working directory).
 func Parse(path string, data []byte) (*Config, error) {
+	return ParseWith(path, data, nil)
+}
+
+// LoadWith is Load against the service catalog cat (nil: the embedded
+// one): rules, [catalog] and lists are checked against cat, and Spec
+// lists its services. A catalog update is put in force by loading the
+// configuration again with it.
+func LoadWith(path string, cat *ServiceCatalog) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, Problems{{File: path, Msg: errText(err)}}
+	}
+	return ParseWith(path, data, cat)
+}
+
+// ParseWith is Parse against the service catalog cat (nil: the embedded
+// one).
+func ParseWith(path string, data []byte, cat *ServiceCatalog) (*Config, error) {
 	p := newParser(path, data)
+	p.cat = cat
 	c := p.parse()
 	if len(p.problems) > 0 {
 		p.problems.sort(path)
@@ -200,6 +223,23 @@ func Parse(path string, data []byte) (*Config, error) {
 	p.warnings.sort(path)
 	c.Warnings = p.warnings
 	return c, nil
+}
+
+// catalog returns the catalog c was read against.
+func (c *Config) catalog() *catalogData {
+	if c.cat != nil {
+		return c.cat.d
+	}
+	return embeddedCatalog()
+}
+
+// CatalogInUse returns the service catalog c was read against: the
+// embedded one unless LoadWith was given another.
+func (c *Config) CatalogInUse() *ServiceCatalog {
+	if c.cat != nil {
+		return c.cat
+	}
+	return EmbeddedCatalog()
 }
 
 // Default returns the embedded default configuration. It panics only if

@@ -21,8 +21,17 @@ type parser struct {
 	dir      string // where relative paths start
 	data     []byte
 	pos      *positions
+	cat      *ServiceCatalog // the service catalog references are checked against (nil: embedded)
 	problems Problems
 	warnings Problems
+}
+
+// catalog returns the catalog the configuration is read against.
+func (p *parser) catalog() *catalogData {
+	if p.cat != nil {
+		return p.cat.d
+	}
+	return embeddedCatalog()
 }
 
 func newParser(path string, data []byte) *parser {
@@ -102,7 +111,7 @@ func (p *parser) parse() *Config {
 	}
 	p.pos = scanPositions(p.data)
 	root := p.table("", doc)
-	c := &Config{Path: p.path, hosts: &serviceHosts{}}
+	c := &Config{Path: p.path, hosts: &serviceHosts{}, cat: p.cat}
 
 	c.Timezone = root.str("timezone", "America/Toronto")
 	loc, err := time.LoadLocation(c.Timezone)

@@ -91,7 +91,7 @@ func (p *parser) schedules(ts []*tbl) []Schedule {
 
 func (p *parser) lists(ts []*tbl) []List {
 	seen := map[string]string{}
-	cat := embeddedCatalog()
+	cat := p.catalog()
 	var out []List
 	for _, t := range ts {
 		l := List{Name: p.name(t, "list", seen)}

@@ -14,7 +14,7 @@ import (
 func (p *parser) catalogSection(t *tbl) CatalogSection {
 	t = p.orEmpty(t, "catalog")
 	defer t.finish()
-	cat := embeddedCatalog()
+	cat := p.catalog()
 	var c CatalogSection
 	c.Disable, _ = t.strs("disable")
 	for i, id := range c.Disable {
