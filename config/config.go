@@ -90,6 +90,21 @@ type CatalogSection struct {
 	// CopyleftEntries also lists catalog entries whose only sources are
 	// copyleft or share-alike compilations (default false).
 	CopyleftEntries bool
+	// UpdateURL is where signed catalog updates are fetched (https; ""
+	// = no updates, the default: the embedded catalog only). The
+	// signature is fetched from UpdateURL + ".minisig".
+	UpdateURL string
+	// UpdateKey is the publisher's minisign public key (its base64 line,
+	// "RW..."); required with UpdateURL. A catalog it did not sign is
+	// never applied.
+	UpdateKey string
+	// UpdateInterval is how often UpdateURL is checked (default 6h, at
+	// least 1m).
+	UpdateInterval time.Duration
+	// UpdateDir is where the last good update and its signature are kept
+	// (not a key): "<[exceptions] state_dir>/catalog", or
+	// "balise-data/catalog" next to the configuration file.
+	UpdateDir string
 }
 
 // LogSection is [log].

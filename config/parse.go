@@ -135,6 +135,10 @@ func (p *parser) parse() *Config {
 		c.Exceptions = p.exceptionsSection(t)
 	}
 	c.ListCache = p.listsSection(root.sub("lists"), c.Exceptions)
+	c.Catalog.UpdateDir = p.resolve(filepath.Join("balise-data", "catalog"))
+	if c.Exceptions != nil && c.Exceptions.StateDir != "" {
+		c.Catalog.UpdateDir = filepath.Join(c.Exceptions.StateDir, "catalog")
+	}
 	c.Directory = p.directorySection(root.sub("directory"))
 	c.Identity = p.identitySection(root.sub("identity"), c.Exceptions)
 	p.checkIdentity(c)

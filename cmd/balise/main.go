@@ -22,11 +22,13 @@ const (
 
 const usageText = `usage:
   balise serve   [--config FILE] [--log-format json|text] [--log-level LEVEL]
-  balise check   --config FILE
+  balise check   --config FILE [--strict]
   balise explain --config FILE --client IP --host HOST [--user NAME] [--groups a,b] [--at RFC3339] [--json]
   balise exceptions --config FILE COMMAND ...
   balise identity reveal --config FILE --by NAME --reason TEXT PSEUDONYM
   balise ca init --out DIR
+  balise catalog show [--config FILE | CATALOG] | diff [OLD] NEW | sign --key FILE CATALOG | verify --key PUB CATALOG
+  balise replay --config NEW.toml DECISIONS.jsonl
   balise version
 `
 
@@ -51,6 +53,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runIdentity(rest, stdout, stderr)
 	case "ca":
 		return runCA(rest, stdout, stderr)
+	case "catalog":
+		return runCatalog(rest, os.Stdin, stdout, stderr)
+	case "replay":
+		return runReplay(rest, stdout, stderr)
 	case "version":
 		return runVersion(rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
