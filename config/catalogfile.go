@@ -210,3 +210,6 @@ func (c *ServiceCatalog) NewerThan(cur *ServiceCatalog) error {
 	}
 	return nil
 }
+
+// EmbeddedCatalogText returns the text of the embedded catalog.
+func EmbeddedCatalogText() []byte { return slices.Clone(catalogTOML) }
