@@ -7,7 +7,7 @@ import (
 
 // Metrics are the configuration's Prometheus series:
 //
-//	balise_catalog_info{version,source}               1, for the catalog in use (source embedded or update)
+//	balise_catalog_info{version,origin}               1, for the catalog in use (origin embedded or update)
 //	balise_catalog_serial                             serial of the catalog in use
 //	balise_catalog_updates_total{result}              update checks by result (applied, current, or why refused)
 //	balise_catalog_last_check_timestamp_seconds       last check of [catalog] update_url
@@ -35,8 +35,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		catalogInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "balise_catalog_info",
-			Help: "Version and source (embedded or update) of the service catalog in use (value 1).",
-		}, []string{"version", "source"}),
+			Help: "Version and origin (embedded or update) of the service catalog in use (value 1).",
+		}, []string{"version", "origin"}),
 		catalogSerial: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "balise_catalog_serial",
 			Help: "Serial of the service catalog in use (only grows).",

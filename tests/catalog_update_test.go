@@ -174,7 +174,7 @@ rate_limit = 0
 		if v, ok := in.MetricValue("balise_catalog_updates_total", "result="+reason); !ok || v < 1 {
 			t.Errorf("balise_catalog_updates_total{result=%q} = %v, %v", reason, v, ok)
 		}
-		if _, ok := in.MetricValue("balise_catalog_info", "source=embedded", "version="+config.Catalog().Version); !ok {
+		if _, ok := in.MetricValue("balise_catalog_info", "origin=embedded", "version="+config.Catalog().Version); !ok {
 			t.Errorf("balise_catalog_info does not show the embedded catalog after a refusal:\n%s", grepLines(in.Metrics(), "balise_catalog"))
 		}
 	}
@@ -211,7 +211,7 @@ rate_limit = 0
 	if rc := load.rcode(newName); rc != dns.RcodeNameError {
 		t.Errorf("%s after the update: rcode %s, want NXDOMAIN (listed by the update)", newName, dns.RcodeToString[rc])
 	}
-	if _, ok := in.MetricValue("balise_catalog_info", "source=update", "version=2026-12-04.1"); !ok {
+	if _, ok := in.MetricValue("balise_catalog_info", "origin=update", "version=2026-12-04.1"); !ok {
 		t.Errorf("balise_catalog_info after the update:\n%s", grepLines(in.Metrics(), "balise_catalog"))
 	}
 	if v, ok := in.MetricValue("balise_catalog_serial"); !ok || v != 2099010101 {
@@ -228,7 +228,7 @@ rate_limit = 0
 		t.Errorf("older catalog: reason %q (%s), want %q", l.Str("reason"), l.Str("error"), config.UpdateOlder)
 	}
 	time.Sleep(200 * time.Millisecond)
-	if _, ok := in.MetricValue("balise_catalog_info", "source=update", "version=2026-12-04.1"); !ok {
+	if _, ok := in.MetricValue("balise_catalog_info", "origin=update", "version=2026-12-04.1"); !ok {
 		t.Errorf("the update did not stay after a rollback attempt:\n%s", grepLines(in.Metrics(), "balise_catalog"))
 	}
 
@@ -246,7 +246,7 @@ rate_limit = 0
 	cs.serve(nil, nil)
 	in2 := startBaliseWith(t, startOptions{Dir: dir, Env: []string{"SSL_CERT_FILE=" + ca}, Config: cfg})
 	in2.WaitLog(0, 5*time.Second, func(l logLine) bool { return l.Msg() == "using the saved catalog update" })
-	if _, ok := in2.MetricValue("balise_catalog_info", "source=update", "version=2026-12-04.1"); !ok {
+	if _, ok := in2.MetricValue("balise_catalog_info", "origin=update", "version=2026-12-04.1"); !ok {
 		t.Errorf("after a restart:\n%s", grepLines(in2.Metrics(), "balise_catalog"))
 	}
 	m := new(dns.Msg)
