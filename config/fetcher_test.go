@@ -195,7 +195,7 @@ domains = ["a.example", "b.example"]`)
 	if got := metricValue(t, m.listDomains.WithLabelValues("a")); got != 2 {
 		t.Errorf("balise_list_domains{list=a} = %v, want 2", got)
 	}
-	if got := metricValue(t, m.catalogInfo.WithLabelValues(Catalog().Version)); got != 1 {
+	if got := metricValue(t, m.catalogInfo.WithLabelValues(Catalog().Version, CatalogEmbedded)); got != 1 {
 		t.Errorf("balise_catalog_info = %v, want 1", got)
 	}
 	p, err := c.Compile()
