@@ -207,8 +207,8 @@ domains = ["a.example", "b.example"]`)
 		t.Errorf("balise_policy_domains = %v, want %d", got, p.DomainCount())
 	}
 	mfs, err := reg.Gather()
-	if err != nil || len(mfs) != 4 {
-		t.Errorf("gather: %d families, %v; want 4 (no refresh series without URL lists)", len(mfs), err)
+	if err != nil || len(mfs) != 6 {
+		t.Errorf("gather: %d families, %v; want 6 (catalog info, serial and last check, policy domains, list domains and failures; no refresh series without URL lists)", len(mfs), err)
 	}
 }
 
