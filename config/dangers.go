@@ -127,6 +127,9 @@ func (p *parser) checkNobodyGroups(c *Config) {
 	if len(c.Proxy.Listen) > 0 || len(c.Proxy.TransparentHTTP) > 0 || len(c.Proxy.TransparentHTTPS) > 0 {
 		clients = append(clients, c.Proxy.AllowedClients...)
 	}
+	if len(clients) == 0 {
+		return // no front-end: nothing to compare with (a file for explain)
+	}
 	auth := c.Proxy.Auth.Mode == "negotiate"
 	for i, g := range c.Groups {
 		if auth && (len(g.Users) > 0 || len(g.DirectoryGroups) > 0 && c.Directory != nil) {

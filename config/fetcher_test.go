@@ -102,6 +102,7 @@ func TestFetcherRefresh(t *testing.T) {
 		{"garbage keeps the copy", 200, "<html>not a list</html>\n", `"v2"`, false, []string{"inline.example", "one.example", "two.example"}, 2},
 		{"mostly malformed keeps the copy", 200, "<html>\n<body>\nok.example\n</body>\n", `"v2b"`, false, []string{"inline.example", "one.example", "two.example"}, 3},
 		{"empty keeps the copy", 200, "", `"v3"`, false, []string{"inline.example", "one.example", "two.example"}, 4},
+		{"public suffixes and top-level domains are dropped", 200, "0.0.0.0 com\n0.0.0.0 qc.ca\nfour.example\n", `"v3b"`, true, []string{"four.example", "inline.example"}, 4},
 		{"new content", 200, "three.example\n", `"v4"`, true, []string{"inline.example", "three.example"}, 4},
 	}
 	for _, st := range steps {
