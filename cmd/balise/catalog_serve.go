@@ -79,7 +79,7 @@ func (s *server) applyCatalog(ctx context.Context, cat *config.ServiceCatalog) e
 // startUpdater runs the catalog updater of cfg (none without
 // update_url) until stopUpdater.
 func (s *server) startUpdater(ctx context.Context, cfg *config.Config) {
-	u := config.NewCatalogUpdater(cfg, nil, s.log, s.cfgm)
+	u := config.NewCatalogUpdater(cfg, s.updateClient, s.log, s.cfgm)
 	if u == nil {
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -84,9 +85,11 @@ type server struct {
 	fetchDone chan struct{}
 	changed   chan struct{} // a URL list changed: recompile
 
-	updateStop context.CancelFunc
-	updateDone chan struct{}
-	catalogs   chan catalogRequest // a verified catalog update to put in force
+	// updateClient fetches catalog updates (nil: a default client).
+	updateClient *http.Client
+	updateStop   context.CancelFunc
+	updateDone   chan struct{}
+	catalogs     chan catalogRequest // a verified catalog update to put in force
 }
 
 // load reads the configuration (the embedded default when path is "")
