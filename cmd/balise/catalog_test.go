@@ -3,12 +3,16 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"aead.dev/minisign"
+	"golang.org/x/crypto/blake2b"
+	"golang.org/x/crypto/scrypt"
 
 	"github.com/balise-net/balise/config"
 )
@@ -115,5 +119,64 @@ func TestCatalogCommands(t *testing.T) {
 	errb.Reset()
 	if code := runCatalog([]string{"sign", "--key", keyPath, noSerial}, strings.NewReader(""), &out, &errb); code != 1 || !strings.Contains(errb.String(), "serial: missing") {
 		t.Errorf("sign(no serial) = %d: %s", code, errb.String())
+	}
+}
+
+// encryptedKey returns priv in minisign's password-protected format, with
+// scrypt parameters cheap enough for a test.
+func encryptedKey(t *testing.T, priv minisign.PrivateKey, password string) []byte {
+	t.Helper()
+	plainText, _ := priv.MarshalText()
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(plainText[strings.IndexByte(string(plainText), '\n')+1:])))
+	if err != nil || len(raw) != 158 {
+		t.Fatalf("unexpected key layout: %d bytes, %v", len(raw), err)
+	}
+	const ops, mem = 1 << 15, 1 << 20 // scrypt N=1024, r=8, p=1
+	plain := raw[54:126]              // key id and Ed25519 key
+	salt := make([]byte, 32)
+	rand.Read(salt)
+	stream, err := scrypt.Key([]byte(password), salt, 1024, 8, 1, 104)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := append([]byte{0x45, 0x64}, plain...) // "Ed"
+	sum := blake2b.Sum256(msg)
+	ct := append(append([]byte{}, plain...), sum[:]...)
+	for i := range ct {
+		ct[i] ^= stream[i]
+	}
+	b := make([]byte, 158)
+	copy(b, []byte{0x45, 0x64, 0x53, 0x63, 0x42, 0x32}) // Ed, Sc(rypt), B2
+	copy(b[6:], salt)
+	binary.LittleEndian.PutUint64(b[38:], ops)
+	binary.LittleEndian.PutUint64(b[46:], mem)
+	copy(b[54:], ct)
+	return []byte("untrusted comment: minisign encrypted secret key\n" + base64.StdEncoding.EncodeToString(b) + "\n")
+}
+
+// TestCatalogSignEncryptedKey checks that sign reads the key's password
+// from standard input.
+func TestCatalogSignEncryptedKey(t *testing.T) {
+	dir := t.TempDir()
+	cat := writeUpdate(t, dir)
+	pub, priv, err := minisign.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPath := filepath.Join(dir, "balise.key")
+	os.WriteFile(keyPath, encryptedKey(t, priv, "mot de passe"), 0o600)
+	var out, errb bytes.Buffer
+	if code := runCatalog([]string{"sign", "--key", keyPath, cat}, strings.NewReader("pas le bon\n"), &out, &errb); code != 1 || !strings.Contains(errb.String(), "wrong password") {
+		t.Errorf("sign(wrong password) = %d: %s", code, errb.String())
+	}
+	if _, err := os.Stat(cat + ".minisig"); err == nil {
+		t.Error("a signature was written with a wrong password")
+	}
+	errb.Reset()
+	if code := runCatalog([]string{"sign", "--key", keyPath, cat}, strings.NewReader("mot de passe\n"), &out, &errb); code != 0 {
+		t.Fatalf("sign = %d: %s", code, errb.String())
+	}
+	if code := runCatalog([]string{"verify", "--key", pub.String(), cat}, nil, &out, &errb); code != 0 {
+		t.Errorf("verify = %d: %s", code, errb.String())
 	}
 }
