@@ -3,6 +3,7 @@ module github.com/balise-net/balise
 go 1.26.0
 
 require (
+	aead.dev/minisign v0.3.0
 	github.com/BurntSushi/toml v1.6.0
 	github.com/chromedp/chromedp v0.23.1
 	github.com/elazarl/goproxy v1.9.2

@@ -19,6 +19,9 @@ type CatalogInfo struct {
 	// Version identifies the catalog data: the date its sources were read
 	// and the number of domains it lists by default ("2026-11-22.530").
 	Version string
+	// Serial only grows from one catalog to the next (see
+	// ServiceCatalog.Serial).
+	Serial int64
 	// Categories are the categories of the catalog's services.
 	Categories []string
 	// Canaries are the names blocked with reason "canary" when
@@ -43,7 +46,10 @@ type CatalogService struct {
 
 // catalogData is the schema of catalog/catalog.toml.
 type catalogData struct {
-	Version    string           `toml:"version"`
+	Version string `toml:"version"`
+	// Serial only grows from one catalog to the next (see
+	// ServiceCatalog.Serial); 0 when the file has none.
+	Serial     int64            `toml:"serial"`
 	Categories []string         `toml:"categories"`
 	Canaries   []string         `toml:"canaries"`
 	Services   []catalogService `toml:"service"`
@@ -76,13 +82,7 @@ var embeddedCatalog = sync.OnceValue(func() *catalogData {
 	if u := md.Undecoded(); len(u) > 0 {
 		panic(fmt.Sprintf("config: embedded catalog: unknown keys %v", u))
 	}
-	c.byID = map[string]int{}
-	for i, s := range c.Services {
-		c.byID[s.ID] = i
-		for _, a := range s.Aliases {
-			c.byID[a] = i
-		}
-	}
+	c.index()
 	return &c
 })
 
@@ -100,10 +100,12 @@ func (c *catalogData) hasCategory(name string) bool {
 }
 
 // Catalog describes the embedded catalog.
-func Catalog() CatalogInfo {
-	c := embeddedCatalog()
+func Catalog() CatalogInfo { return embeddedCatalog().info() }
+
+func (c *catalogData) info() CatalogInfo {
 	info := CatalogInfo{
 		Version:    c.Version,
+		Serial:     serialOf(c),
 		Categories: slices.Clone(c.Categories),
 		Canaries:   slices.Clone(c.Canaries),
 	}

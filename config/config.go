@@ -62,6 +62,10 @@ type Config struct {
 	Lists     []List
 	Rules     []Rule
 
+	// cat is the service catalog the configuration was read against (nil:
+	// the embedded one); see LoadWith.
+	cat *ServiceCatalog
+
 	// hosts holds the service hosts of the last Spec (see ServiceHosts);
 	// nil for a Config not made by Parse.
 	hosts *serviceHosts
@@ -87,6 +91,21 @@ type CatalogSection struct {
 	// CopyleftEntries also lists catalog entries whose only sources are
 	// copyleft or share-alike compilations (default false).
 	CopyleftEntries bool
+	// UpdateURL is where signed catalog updates are fetched (https; ""
+	// = no updates, the default: the embedded catalog only). The
+	// signature is fetched from UpdateURL + ".minisig".
+	UpdateURL string
+	// UpdateKey is the publisher's minisign public key (its base64 line,
+	// "RW..."); required with UpdateURL. A catalog it did not sign is
+	// never applied.
+	UpdateKey string
+	// UpdateInterval is how often UpdateURL is checked (default 6h, at
+	// least 1m).
+	UpdateInterval time.Duration
+	// UpdateDir is where the last good update and its signature are kept
+	// (not a key): "<[exceptions] state_dir>/catalog", or
+	// "balise-data/catalog" next to the configuration file.
+	UpdateDir string
 }
 
 // LogSection is [log].
@@ -172,6 +191,10 @@ type Rule struct {
 	Categories []string
 	During     []string
 	Action     string
+	// Mode is "enforce" (default) or "report": a rule in report mode is
+	// evaluated, a decision it would have made is logged as
+	// would=<action>, and the rule is then skipped.
+	Mode string
 }
 
 // Load reads, parses and validates the configuration file at path. Its
@@ -188,7 +211,26 @@ func Load(path string) (*Config, error) {
 // Parse is Load on data already read; path names the file in messages and
 // anchors relative paths ("" = the working directory).
 func Parse(path string, data []byte) (*Config, error) {
+	return ParseWith(path, data, nil)
+}
+
+// LoadWith is Load against the service catalog cat (nil: the embedded
+// one): rules, [catalog] and lists are checked against cat, and Spec
+// lists its services. A catalog update is put in force by loading the
+// configuration again with it.
+func LoadWith(path string, cat *ServiceCatalog) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, Problems{{File: path, Msg: errText(err)}}
+	}
+	return ParseWith(path, data, cat)
+}
+
+// ParseWith is Parse against the service catalog cat (nil: the embedded
+// one).
+func ParseWith(path string, data []byte, cat *ServiceCatalog) (*Config, error) {
 	p := newParser(path, data)
+	p.cat = cat
 	c := p.parse()
 	if len(p.problems) > 0 {
 		p.problems.sort(path)
@@ -197,6 +239,23 @@ func Parse(path string, data []byte) (*Config, error) {
 	p.warnings.sort(path)
 	c.Warnings = p.warnings
 	return c, nil
+}
+
+// catalog returns the catalog c was read against.
+func (c *Config) catalog() *catalogData {
+	if c.cat != nil {
+		return c.cat.d
+	}
+	return embeddedCatalog()
+}
+
+// CatalogInUse returns the service catalog c was read against: the
+// embedded one unless LoadWith was given another.
+func (c *Config) CatalogInUse() *ServiceCatalog {
+	if c.cat != nil {
+		return c.cat
+	}
+	return EmbeddedCatalog()
 }
 
 // Default returns the embedded default configuration. It panics only if

@@ -222,7 +222,7 @@ groups = ["*"]
 services = ["*"]
 action = "allow"`,
 			check: func(t *testing.T, c *Config) {
-				want := []Rule{{Name: "tout", Groups: []string{"*"}, Services: []string{"*"}, Action: "allow"}}
+				want := []Rule{{Name: "tout", Groups: []string{"*"}, Services: []string{"*"}, Action: "allow", Mode: "enforce"}}
 				if !reflect.DeepEqual(c.Rules, want) {
 					t.Errorf("Rules = %+v, want %+v", c.Rules, want)
 				}
@@ -290,7 +290,7 @@ action = "block"`,
 					t.Errorf("Lists[1].Allow = false, want true")
 				}
 				wantR := []Rule{{Name: "comms", Groups: []string{"communications"}, Services: []string{"twitter", "jeux"},
-					Categories: []string{"games", "networking"}, During: []string{"pauses"}, Action: "block"}}
+					Categories: []string{"games", "networking"}, During: []string{"pauses"}, Action: "block", Mode: "enforce"}}
 				if !reflect.DeepEqual(c.Rules, wantR) {
 					t.Errorf("Rules = %+v, want %+v", c.Rules, wantR)
 				}

@@ -237,7 +237,24 @@ func readCachedURL(dir, list, u string) ([]string, error) {
 		return nil, err
 	}
 	doms, _, _, err := parseList(bytes.NewReader(data), 0)
+	doms, _ = dropPublicSuffixes(doms)
 	return doms, err
+}
+
+// dropPublicSuffixes removes the entries of a downloaded list that would
+// list a whole namespace (a public suffix or a top-level domain, see
+// publicSuffixOf): a typo in a list somebody else maintains must not
+// block every .com. It returns the entries kept and those dropped.
+func dropPublicSuffixes(doms []string) (kept, dropped []string) {
+	kept = doms[:0:0]
+	for _, d := range doms {
+		if _, bad := publicSuffixOf(d); bad {
+			dropped = append(dropped, d)
+			continue
+		}
+		kept = append(kept, d)
+	}
+	return kept, dropped
 }
 
 // fetch downloads one URL of a list and stores it when it is new.
@@ -295,6 +312,14 @@ func (f *Fetcher) fetch(ctx context.Context, l *List, u string) (changed bool, e
 	}
 	if bad > len(doms) {
 		return false, fmt.Errorf("more malformed lines (%d) than domains (%d): not a list (first problem at line %d: %s)", bad, len(doms), probs[0].Line, probs[0].Msg)
+	}
+	doms, dropped := dropPublicSuffixes(doms)
+	if len(dropped) > 0 {
+		f.log.Warn("list entries that are public suffixes or top-level domains, skipped", "list", l.Name, "url", u,
+			"entries", len(dropped), "first", dropped[0])
+	}
+	if len(doms) == 0 {
+		return false, errors.New("no domain in the downloaded list but public suffixes")
 	}
 	if bad > 0 {
 		f.log.Warn("list has malformed lines, skipped", "list", l.Name, "url", u, "lines", bad,

@@ -102,6 +102,7 @@ func TestFetcherRefresh(t *testing.T) {
 		{"garbage keeps the copy", 200, "<html>not a list</html>\n", `"v2"`, false, []string{"inline.example", "one.example", "two.example"}, 2},
 		{"mostly malformed keeps the copy", 200, "<html>\n<body>\nok.example\n</body>\n", `"v2b"`, false, []string{"inline.example", "one.example", "two.example"}, 3},
 		{"empty keeps the copy", 200, "", `"v3"`, false, []string{"inline.example", "one.example", "two.example"}, 4},
+		{"public suffixes and top-level domains are dropped", 200, "0.0.0.0 com\n0.0.0.0 qc.ca\nfour.example\n", `"v3b"`, true, []string{"four.example", "inline.example"}, 4},
 		{"new content", 200, "three.example\n", `"v4"`, true, []string{"inline.example", "three.example"}, 4},
 	}
 	for _, st := range steps {
@@ -195,7 +196,7 @@ domains = ["a.example", "b.example"]`)
 	if got := metricValue(t, m.listDomains.WithLabelValues("a")); got != 2 {
 		t.Errorf("balise_list_domains{list=a} = %v, want 2", got)
 	}
-	if got := metricValue(t, m.catalogInfo.WithLabelValues(Catalog().Version)); got != 1 {
+	if got := metricValue(t, m.catalogInfo.WithLabelValues(Catalog().Version, CatalogEmbedded)); got != 1 {
 		t.Errorf("balise_catalog_info = %v, want 1", got)
 	}
 	p, err := c.Compile()
@@ -207,8 +208,8 @@ domains = ["a.example", "b.example"]`)
 		t.Errorf("balise_policy_domains = %v, want %d", got, p.DomainCount())
 	}
 	mfs, err := reg.Gather()
-	if err != nil || len(mfs) != 4 {
-		t.Errorf("gather: %d families, %v; want 4 (no refresh series without URL lists)", len(mfs), err)
+	if err != nil || len(mfs) != 6 {
+		t.Errorf("gather: %d families, %v; want 6 (catalog info, serial and last check, policy domains, list domains and failures; no refresh series without URL lists)", len(mfs), err)
 	}
 }
 

@@ -7,7 +7,10 @@ import (
 
 // Metrics are the configuration's Prometheus series:
 //
-//	balise_catalog_info{version}                      1, for the embedded catalog
+//	balise_catalog_info{version,origin}               1, for the catalog in use (origin embedded or update)
+//	balise_catalog_serial                             serial of the catalog in use
+//	balise_catalog_updates_total{result}              update checks by result (applied, current, or why refused)
+//	balise_catalog_last_check_timestamp_seconds       last check of [catalog] update_url
 //	balise_policy_domains                             domain entries of the running policy
 //	balise_list_domains{list}                         entries of each [[list]]
 //	balise_list_last_refresh_timestamp_seconds{list}  last successful download of a URL list
@@ -16,11 +19,14 @@ import (
 // Create them once per process (NewMetrics); reloads call SetConfig and
 // SetPolicy, and each new Fetcher is given the same Metrics.
 type Metrics struct {
-	catalogInfo     *prometheus.GaugeVec
-	policyDomains   prometheus.Gauge
-	listDomains     *prometheus.GaugeVec
-	listLastRefresh *prometheus.GaugeVec
-	listFailures    *prometheus.CounterVec
+	catalogInfo      *prometheus.GaugeVec
+	catalogSerial    prometheus.Gauge
+	catalogUpdates   *prometheus.CounterVec
+	catalogLastCheck prometheus.Gauge
+	policyDomains    prometheus.Gauge
+	listDomains      *prometheus.GaugeVec
+	listLastRefresh  *prometheus.GaugeVec
+	listFailures     *prometheus.CounterVec
 }
 
 // NewMetrics creates the series on reg (nil: they are created but not
@@ -29,8 +35,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		catalogInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "balise_catalog_info",
-			Help: "Version of the embedded service catalog (value 1).",
-		}, []string{"version"}),
+			Help: "Version and origin (embedded or update) of the service catalog in use (value 1).",
+		}, []string{"version", "origin"}),
+		catalogSerial: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "balise_catalog_serial",
+			Help: "Serial of the service catalog in use (only grows).",
+		}),
+		catalogUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "balise_catalog_updates_total",
+			Help: "Checks of [catalog] update_url by result: applied, current, or why the update was refused (fetch, unsigned, key, signature, invalid, older, rejected).",
+		}, []string{"result"}),
+		catalogLastCheck: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "balise_catalog_last_check_timestamp_seconds",
+			Help: "Time of the last check of [catalog] update_url.",
+		}),
 		policyDomains: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "balise_policy_domains",
 			Help: "Number of listed domain entries in the running policy.",
@@ -48,16 +66,24 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Failed refreshes of URL lists (the last good copy stays in use).",
 		}, []string{"list"}),
 	}
-	m.catalogInfo.WithLabelValues(Catalog().Version).Set(1)
+	m.SetCatalog(EmbeddedCatalog())
 	if reg != nil {
-		reg.MustRegister(m.catalogInfo, m.policyDomains, m.listDomains, m.listLastRefresh, m.listFailures)
+		reg.MustRegister(m.catalogInfo, m.catalogSerial, m.catalogUpdates, m.catalogLastCheck, m.policyDomains, m.listDomains, m.listLastRefresh, m.listFailures)
 	}
 	return m
+}
+
+// SetCatalog records the catalog in use.
+func (m *Metrics) SetCatalog(c *ServiceCatalog) {
+	m.catalogInfo.Reset()
+	m.catalogInfo.WithLabelValues(c.Version(), c.Source()).Set(1)
+	m.catalogSerial.Set(float64(c.Serial()))
 }
 
 // SetConfig creates the list series of c (and drops those of lists that
 // no longer exist). A Fetcher then keeps them current.
 func (m *Metrics) SetConfig(c *Config) {
+	m.SetCatalog(c.CatalogInUse())
 	m.listDomains.Reset()
 	m.listLastRefresh.Reset()
 	for _, l := range c.Lists {

@@ -21,8 +21,17 @@ type parser struct {
 	dir      string // where relative paths start
 	data     []byte
 	pos      *positions
+	cat      *ServiceCatalog // the service catalog references are checked against (nil: embedded)
 	problems Problems
 	warnings Problems
+}
+
+// catalog returns the catalog the configuration is read against.
+func (p *parser) catalog() *catalogData {
+	if p.cat != nil {
+		return p.cat.d
+	}
+	return embeddedCatalog()
 }
 
 func newParser(path string, data []byte) *parser {
@@ -102,7 +111,7 @@ func (p *parser) parse() *Config {
 	}
 	p.pos = scanPositions(p.data)
 	root := p.table("", doc)
-	c := &Config{Path: p.path, hosts: &serviceHosts{}}
+	c := &Config{Path: p.path, hosts: &serviceHosts{}, cat: p.cat}
 
 	c.Timezone = root.str("timezone", "America/Toronto")
 	loc, err := time.LoadLocation(c.Timezone)
@@ -126,6 +135,10 @@ func (p *parser) parse() *Config {
 		c.Exceptions = p.exceptionsSection(t)
 	}
 	c.ListCache = p.listsSection(root.sub("lists"), c.Exceptions)
+	c.Catalog.UpdateDir = p.resolve(filepath.Join("balise-data", "catalog"))
+	if c.Exceptions != nil && c.Exceptions.StateDir != "" {
+		c.Catalog.UpdateDir = filepath.Join(c.Exceptions.StateDir, "catalog")
+	}
 	c.Directory = p.directorySection(root.sub("directory"))
 	c.Identity = p.identitySection(root.sub("identity"), c.Exceptions)
 	c.Console = p.consoleSection(root.sub("console"), c)
@@ -136,6 +149,9 @@ func (p *parser) parse() *Config {
 	c.Lists = p.lists(root.tables("list"))
 	c.Rules = p.rules(root.tables("rule"), c)
 	root.finish()
+	if len(p.problems) == 0 {
+		p.checkDangers(c)
+	}
 	return c
 }
 

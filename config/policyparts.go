@@ -91,7 +91,7 @@ func (p *parser) schedules(ts []*tbl) []Schedule {
 
 func (p *parser) lists(ts []*tbl) []List {
 	seen := map[string]string{}
-	cat := embeddedCatalog()
+	cat := p.catalog()
 	var out []List
 	for _, t := range ts {
 		l := List{Name: p.name(t, "list", seen)}
@@ -236,6 +236,7 @@ func (p *parser) rules(ts []*tbl, c *Config) []Rule {
 		} else {
 			r.Action = t.enum("action", "", "allow", "block")
 		}
+		r.Mode = t.enum("mode", "enforce", "enforce", "report")
 		t.finish()
 		out = append(out, r)
 	}

@@ -5,6 +5,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,7 +15,7 @@ import (
 func (p *parser) catalogSection(t *tbl) CatalogSection {
 	t = p.orEmpty(t, "catalog")
 	defer t.finish()
-	cat := embeddedCatalog()
+	cat := p.catalog()
 	var c CatalogSection
 	c.Disable, _ = t.strs("disable")
 	for i, id := range c.Disable {
@@ -44,6 +45,28 @@ func (p *parser) catalogSection(t *tbl) CatalogSection {
 		}
 	}
 	c.CopyleftEntries = t.boolean("copyleft_entries", false)
+	c.UpdateURL = t.str("update_url", "")
+	if c.UpdateURL != "" {
+		if u, err := url.Parse(c.UpdateURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			p.valueErr("catalog.update_url", "invalid URL %q (want https://...: updates are fetched over https only)", c.UpdateURL)
+		}
+	}
+	c.UpdateKey = strings.TrimSpace(t.str("update_key", ""))
+	if c.UpdateKey != "" {
+		if _, err := ParseUpdateKey(c.UpdateKey); err != nil {
+			p.valueErr("catalog.update_key", "%v", err)
+		}
+	}
+	switch {
+	case c.UpdateURL != "" && c.UpdateKey == "":
+		p.keyErr("catalog.update_url", "needs catalog.update_key, the publisher's minisign public key (unsigned catalogs are never applied)")
+	case c.UpdateURL == "" && c.UpdateKey != "":
+		p.warn("catalog.update_key", "ignored: catalog.update_url is not set")
+	}
+	c.UpdateInterval = t.duration("update_interval", 6*time.Hour)
+	if c.UpdateInterval < time.Minute {
+		p.valueErr("catalog.update_interval", "must be at least 1m")
+	}
 	return c
 }
 

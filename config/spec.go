@@ -23,7 +23,7 @@ func (c *Config) Spec() (policy.Spec, error) {
 	spec.Services = c.catalogServices()
 	// Rules may name a catalog category that [catalog] turns off: they
 	// then match nothing, and turning a category off needs no rule edit.
-	spec.Categories = slices.Clone(embeddedCatalog().Categories)
+	spec.Categories = slices.Clone(c.catalog().Categories)
 	for _, l := range c.Lists {
 		doms := slices.Concat(l.Domains, l.fileDomains)
 		for _, u := range l.URLs {
@@ -43,7 +43,7 @@ func (c *Config) Spec() (policy.Spec, error) {
 	}
 	spec.AllowHosts = dedup(spec.AllowHosts)
 	if c.BlockCanaries {
-		spec.Canaries = slices.Clone(embeddedCatalog().Canaries)
+		spec.Canaries = slices.Clone(c.catalog().Canaries)
 	}
 	for _, g := range c.Groups {
 		spec.Groups = append(spec.Groups, policy.Group{
@@ -58,7 +58,7 @@ func (c *Config) Spec() (policy.Spec, error) {
 		spec.Rules = append(spec.Rules, policy.Rule{
 			Name: r.Name, Groups: slices.Clone(r.Groups), Services: slices.Clone(r.Services),
 			Categories: slices.Clone(r.Categories), During: slices.Clone(r.During),
-			Action: verdict(r.Action),
+			Action: verdict(r.Action), Report: r.Mode == "report",
 		})
 	}
 	c.hosts.set(spec.Services)
@@ -121,7 +121,7 @@ func verdict(action string) policy.Verdict {
 // catalogServices returns the catalog's services as configured by
 // [catalog]. Services left without any domain are left out.
 func (c *Config) catalogServices() []policy.Service {
-	cat := embeddedCatalog()
+	cat := c.catalog()
 	sharedAll := slices.Contains(c.Catalog.SharedInfrastructure, "*")
 	var out []policy.Service
 	for i := range cat.Services {
@@ -158,7 +158,7 @@ func (c *Config) catalogEnabled(s *catalogService) bool {
 	if slices.Contains(c.Catalog.CategoriesOff, s.Category) {
 		return false
 	}
-	cat := embeddedCatalog()
+	cat := c.catalog()
 	named := func(ids []string) bool {
 		return slices.ContainsFunc(ids, func(id string) bool {
 			cs, ok := cat.service(id)
@@ -191,7 +191,7 @@ type references struct {
 }
 
 func (c *Config) references() *references {
-	cat := embeddedCatalog()
+	cat := c.catalog()
 	r := &references{services: map[string]string{"*": "*"}, disabled: map[string]string{}, categories: map[string]bool{"*": true}, allCats: map[string]bool{}}
 	listed := map[string]bool{}
 	for _, s := range c.catalogServices() {

@@ -41,7 +41,7 @@ var otherPrefixes = []string{"go_", "process_", "promhttp_"}
 var wantLabels = map[string][]string{
 	"balise_build_info":                            {"goversion", "version"},
 	"balise_config_reloads_total":                  {"result"},
-	"balise_catalog_info":                          {"version"},
+	"balise_catalog_info":                          {"origin", "version"},
 	"balise_list_domains":                          {"list"},
 	"balise_list_last_refresh_timestamp_seconds":   {"list"},
 	"balise_list_refresh_failures_total":           {"list"},

@@ -46,12 +46,15 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// loadAndCompile loads the configuration at path and compiles its policy.
+// loadAndCompile loads the configuration at path and compiles its policy,
+// with the catalog serve would use (the last good update kept on disk when
+// it is newer than the embedded one).
 func loadAndCompile(path string) (*config.Config, *policy.Policy, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, nil, err
 	}
+	cfg = withSavedCatalog(path, cfg, nil)
 	p, err := cfg.Compile()
 	if err != nil {
 		return nil, nil, err
@@ -83,11 +86,16 @@ func printSummary(w io.Writer, cfg *config.Config, p *policy.Policy) {
 	}
 	fmt.Fprintf(w, "%s: ok\n", name)
 	fmt.Fprintf(w, "  timezone   %s, default_action %s\n", cfg.Timezone, cfg.DefaultAction)
-	catalog := config.Catalog().Version
+	cat := cfg.CatalogInUse()
+	catalog := cat.Version()
 	if catalog == "" {
 		catalog = "unknown"
 	}
 	fmt.Fprintf(w, "  services   %d (%d domains; catalog %s)\n", len(p.ServiceIDs()), p.DomainCount(), catalog)
+	fmt.Fprintf(w, "  catalog    %s, serial %d, %s\n", catalog, cat.Serial(), catalogSourceText(cat.Source()))
+	if cfg.Catalog.UpdateURL != "" {
+		fmt.Fprintf(w, "  updates    %s every %s (kept in %s)\n", cfg.Catalog.UpdateURL, cfg.Catalog.UpdateInterval, cfg.Catalog.UpdateDir)
+	}
 	groups := make([]string, len(cfg.Groups))
 	for i, g := range cfg.Groups {
 		groups[i] = g.Name
@@ -122,4 +130,15 @@ func nameList(names []string) string {
 		return ""
 	}
 	return ": " + strings.Join(names, ", ")
+}
+
+// catalogSourceText names a catalog source for people.
+func catalogSourceText(source string) string {
+	switch source {
+	case config.CatalogUpdate:
+		return "mise à jour signée / signed update"
+	case config.CatalogFile:
+		return "fichier / file"
+	}
+	return "intégré / embedded"
 }

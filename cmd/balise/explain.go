@@ -44,6 +44,11 @@ type explainResult struct {
 	// changes with time (unlisted hosts).
 	Until string `json:"until"`
 	Grant string `json:"grant"`
+	// Would and WouldRule describe the first rule in report mode that
+	// matched before the deciding rule: the action it would have taken
+	// and its name ("" when none did; report rules never decide).
+	Would     string `json:"would"`
+	WouldRule string `json:"would_rule"`
 	// Host is the normalized host name; Input the host as given.
 	Host  string `json:"host"`
 	Input string `json:"input"`
@@ -126,6 +131,9 @@ func explain(cfg *config.Config, p *policy.Policy, in explainInput) (explainResu
 	if !d.Until.IsZero() {
 		r.Until = d.Until.In(loc).Format(time.RFC3339)
 	}
+	if d.Report.Rule != "" {
+		r.Would, r.WouldRule = d.Report.Action.String(), d.Report.Rule
+	}
 	return r, nil
 }
 
@@ -187,6 +195,9 @@ func (r explainResult) writeText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "rule      %s\n", rule)
 	fmt.Fprintf(w, "reason    %s: %s\n", r.Reason, reasonText(d))
+	if r.WouldRule != "" {
+		fmt.Fprintf(w, "would     %s — règle %q en mode rapport, non appliquée / rule %q in report mode, not enforced\n", r.Would, r.WouldRule, r.WouldRule)
+	}
 	if r.Grant != "" {
 		fmt.Fprintf(w, "grant     %s\n", r.Grant)
 	}

@@ -22,12 +22,14 @@ const (
 
 const usageText = `usage:
   balise serve   [--config FILE] [--log-format json|text] [--log-level LEVEL]
-  balise check   --config FILE
+  balise check   --config FILE [--strict]
   balise explain --config FILE --client IP --host HOST [--user NAME] [--groups a,b] [--at RFC3339] [--json]
   balise exceptions --config FILE COMMAND ...
   balise identity reveal --config FILE --by NAME --reason TEXT PSEUDONYM
   balise console passwd --accounts FILE --role officer|auditor USER
   balise ca init --out DIR
+  balise catalog show [--config FILE | CATALOG] | diff [OLD] NEW | sign --key FILE CATALOG | verify --key PUB CATALOG
+  balise replay --config NEW.toml DECISIONS.jsonl
   balise version
 `
 
@@ -54,6 +56,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runConsole(rest, os.Stdin, stdout, stderr)
 	case "ca":
 		return runCA(rest, stdout, stderr)
+	case "catalog":
+		return runCatalog(rest, os.Stdin, stdout, stderr)
+	case "replay":
+		return runReplay(rest, stdout, stderr)
 	case "version":
 		return runVersion(rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -83,14 +84,24 @@ type server struct {
 	fetchStop context.CancelFunc
 	fetchDone chan struct{}
 	changed   chan struct{} // a URL list changed: recompile
+
+	// updateClient fetches catalog updates (nil: a default client).
+	updateClient *http.Client
+	updateStop   context.CancelFunc
+	updateDone   chan struct{}
+	catalogs     chan catalogRequest // a verified catalog update to put in force
 }
 
-// load reads the configuration (the embedded default when path is "").
+// load reads the configuration (the embedded default when path is "")
+// against the catalog in force (the embedded one before the first load).
 func (s *server) load() (*config.Config, error) {
 	if s.path == "" {
 		return config.Default(), nil
 	}
-	return config.Load(s.path)
+	if s.rt == nil {
+		return config.Load(s.path)
+	}
+	return config.LoadWith(s.path, s.rt.config().CatalogInUse())
 }
 
 // run starts everything, serves until SIGINT or SIGTERM arrives on sigs
@@ -107,6 +118,7 @@ func (s *server) run(parent context.Context, sigs <-chan os.Signal) int {
 	cfg, err := s.load()
 	var p *policy.Policy
 	if err == nil {
+		cfg = withSavedCatalog(s.path, cfg, log)
 		p, err = cfg.Compile()
 	}
 	if err != nil {
@@ -121,7 +133,8 @@ func (s *server) run(parent context.Context, sigs <-chan os.Signal) int {
 	s.markLoaded(cfg, p)
 	logWarnings(log, cfg)
 	log.Info("configuration loaded", "config", cfgName, "services", len(p.ServiceIDs()), "domains", p.DomainCount(),
-		"groups", len(cfg.Groups), "rules", len(cfg.Rules), "version", buildVersion())
+		"groups", len(cfg.Groups), "rules", len(cfg.Rules), "version", buildVersion(),
+		"catalog", cfg.CatalogInUse().Version(), "catalog_source", cfg.CatalogInUse().Source())
 
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
@@ -159,7 +172,9 @@ func (s *server) run(parent context.Context, sigs <-chan os.Signal) int {
 
 	s.rt.started.Store(true)
 	s.changed = make(chan struct{}, 1)
+	s.catalogs = make(chan catalogRequest)
 	s.startFetcher(ctx, cfg)
+	s.startUpdater(ctx, cfg)
 
 	if err := s.notify.ready("serving"); err != nil {
 		log.Warn("systemd notification failed", "error", err)
@@ -187,11 +202,14 @@ loop:
 			break loop
 		case <-s.changed:
 			s.recompile()
+		case req := <-s.catalogs:
+			req.done <- s.applyCatalog(ctx, req.cat)
 		}
 	}
 
 	s.notify.stopping()
 	cancel()
+	s.stopUpdater()
 	s.stopFetcher()
 	s.waitStopped(&wg)
 	log.Info("stopped")
@@ -264,6 +282,8 @@ func (s *server) reload(ctx context.Context) {
 	s.markLoaded(cfg, p)
 	s.stopFetcher()
 	s.startFetcher(ctx, cfg)
+	s.stopUpdater()
+	s.startUpdater(ctx, cfg)
 	s.log.Info("configuration reloaded", "config", s.path, "services", len(p.ServiceIDs()), "domains", p.DomainCount(),
 		"groups", len(cfg.Groups), "rules", len(cfg.Rules))
 }

@@ -27,6 +27,7 @@ type key struct {
 	user    string
 	service string
 	verdict policy.Verdict
+	would   string // the report-mode rule, so a report is never folded into another line
 }
 
 type seen struct {
@@ -93,7 +94,7 @@ func (l *Logger) Log(now time.Time, e Entry) {
 	if l.decisions != nil {
 		l.decisions.WithLabelValues(e.Front, e.Decision.Verdict.String(), e.Decision.Reason.String(), e.Decision.Category).Inc()
 	}
-	k := key{client: e.Client.Unmap(), user: e.User, service: e.Decision.Service, verdict: e.Decision.Verdict}
+	k := key{client: e.Client.Unmap(), user: e.User, service: e.Decision.Service, verdict: e.Decision.Verdict, would: e.Decision.Report.Rule}
 	l.mu.Lock()
 	s, ok := l.entries[k]
 	if ok && now.Sub(s.first) < l.window {
@@ -166,6 +167,10 @@ func (l *Logger) write(at time.Time, e Entry, repeats int) {
 	if !d.Until.IsZero() {
 		until = d.Until.Format(time.RFC3339)
 	}
+	would := ""
+	if d.Report.Rule != "" {
+		would = d.Report.Action.String()
+	}
 	l.log.LogAttrs(context.Background(), slog.LevelInfo, "decision",
 		slog.Time("at", at),
 		slog.String("front", e.Front),
@@ -179,6 +184,8 @@ func (l *Logger) write(at time.Time, e Entry, repeats int) {
 		slog.String("rule", d.Rule),
 		slog.String("grant", d.Grant),
 		slog.String("until", until),
+		slog.String("would", would),
+		slog.String("would_rule", d.Report.Rule),
 		slog.Int("repeats", repeats),
 	)
 }

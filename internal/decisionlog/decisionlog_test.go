@@ -199,3 +199,34 @@ func TestDecisionsCounted(t *testing.T) {
 		t.Error("registering twice on one registry succeeded")
 	}
 }
+
+// TestReportLine checks that a decision a report-mode rule would have
+// changed says so: would=<action> and the rule's name, on its own line.
+func TestReportLine(t *testing.T) {
+	l, buf := newTest(t, time.Minute, 0)
+	t0 := time.Date(2026, 5, 12, 14, 0, 0, 0, time.UTC)
+	a := netip.MustParseAddr("10.0.0.1")
+	d := policy.Decision{Verdict: policy.Allow, Reason: policy.ReasonRule, Service: "wordpress", Category: "blogs", Rule: "pauses",
+		Report: policy.Report{Rule: "essai-blogues", Action: policy.Block}}
+	l.Log(t0, Entry{Front: "dns", Client: a, Host: "x.wordpress.com", Decision: d})
+	plain := d
+	plain.Report = policy.Report{}
+	l.Log(t0.Add(time.Second), Entry{Front: "dns", Client: a, Host: "x.wordpress.com", Decision: plain})
+	var got []map[string]any
+	for _, s := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(s), &m); err != nil {
+			t.Fatalf("bad log line %q: %v", s, err)
+		}
+		got = append(got, m)
+	}
+	if len(got) != 2 {
+		t.Fatalf("got %d lines, want 2 (a report is not folded into the plain decision): %v", len(got), got)
+	}
+	if got[0]["would"] != "block" || got[0]["would_rule"] != "essai-blogues" || got[0]["verdict"] != "allow" || got[0]["rule"] != "pauses" {
+		t.Errorf("report line = %v, want verdict=allow rule=pauses would=block would_rule=essai-blogues", got[0])
+	}
+	if w, ok := got[1]["would"]; !ok || w != "" || got[1]["would_rule"] != "" {
+		t.Errorf("plain line = %v, want would and would_rule present and empty", got[1])
+	}
+}

@@ -6,7 +6,9 @@
 //
 // The line's keys are fixed and documented in the README: msg "decision",
 // front, client, user, host, service, category, verdict, reason, rule,
-// grant, until, repeats.
+// grant, until, would, would_rule, repeats. would is the action ("allow"
+// or "block") of the first rule in report mode that matched before the
+// rule that decided, would_rule its name; both are "" when none did.
 //
 // RateBound bounds the other kind of line the front-ends write about a
 // connection: refusals (security events: a client outside the allowed

@@ -129,6 +129,18 @@ type Decision struct {
 	// Bypass is true when the service is in BypassCategory: blocked
 	// unless a rule or a grant names it, whatever DefaultAction says.
 	Bypass bool
+	// Report is the first rule in report mode (Rule.Report) that matched
+	// before the rule that decided, had it been enforced; its zero value
+	// (Report.Rule == "") means none did.
+	Report Report
+}
+
+// Report is what a rule in report mode would have done.
+type Report struct {
+	// Rule is the rule's name ("" = no report rule matched).
+	Rule string
+	// Action is the rule's action, which was not applied.
+	Action Verdict
 }
 
 // Listed reports whether the host belongs to a listed service.
@@ -199,6 +211,10 @@ type Rule struct {
 	// windows. Empty: always.
 	During []string
 	Action Verdict
+	// Report puts the rule in report mode: when it would match, the
+	// decision records it in Decision.Report and the rule is skipped
+	// (evaluation goes on with the next rules). False: it enforces.
+	Report bool
 }
 
 // Grant is an approved exception: it allows its subject to reach its

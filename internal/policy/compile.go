@@ -95,6 +95,8 @@ type compiled struct {
 	users      []nameBit
 
 	rules []rule
+	// hasReport is set when a rule is in report mode.
+	hasReport bool
 	// svcRules lists, per service index, the rules whose services or
 	// categories include it, in order.
 	svcRules [][]int32
@@ -403,7 +405,7 @@ func (c *compiled) compileRules(spec *Spec) error {
 		if r.Action > Block {
 			return fmt.Errorf("%s: invalid action %d", where, r.Action)
 		}
-		cr := rule{name: name, action: r.Action}
+		cr := rule{name: name, action: r.Action, report: r.Report}
 		if len(r.Groups) == 0 {
 			cr.everyone = true
 		}
@@ -470,6 +472,7 @@ func (c *compiled) compileRules(spec *Spec) error {
 			cr.week = newWeekSet(ws)
 		}
 		c.rules = append(c.rules, cr)
+		c.hasReport = c.hasReport || cr.report
 	}
 	c.svcRules = make([][]int32, len(c.services))
 	for si := range c.services {

@@ -99,7 +99,9 @@ func (p *Policy) GroupsOf(q Query) []string {
 //     ReasonGrant. A grant for "*" does not reach BypassCategory.
 //  6. the first rule that applies to the client's groups and the service
 //     and is inside one of its During windows: its action, ReasonRule.
-//     "*" does not reach BypassCategory.
+//     "*" does not reach BypassCategory. A rule in report mode that
+//     would apply is recorded in Report (the first one only) and
+//     skipped.
 //  7. else the default action, ReasonDefault; Block for BypassCategory
 //     whatever the default action.
 //
@@ -166,6 +168,9 @@ func (p *Policy) Decide(q Query) (d Decision) {
 	off, next := c.zone.at(u)
 	wt := weekTime(u, off)
 	k := c.first(&e, wt)
+	if ri := c.firstReport(&e, k, wt); ri >= 0 {
+		d.Report = Report{Rule: c.rules[ri].name, Action: c.rules[ri].action}
+	}
 	if k < len(c.rules) {
 		d.Verdict, d.Reason, d.Rule = c.rules[k].action, ReasonRule, c.rules[k].name
 	} else {
@@ -281,6 +286,9 @@ func (d Decision) String() string {
 	}
 	if d.Grant != "" {
 		s += " grant=" + d.Grant
+	}
+	if d.Report.Rule != "" {
+		s += " would=" + d.Report.Action.String() + " report=" + d.Report.Rule
 	}
 	if !d.Until.IsZero() {
 		s += " until=" + d.Until.Format(time.RFC3339Nano)

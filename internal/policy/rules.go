@@ -15,6 +15,7 @@ type rule struct {
 	services []uint64
 	week     weekSet // the union of the During schedules' windows
 	action   Verdict
+	report   bool // report mode: never decides, recorded in Decision.Report
 }
 
 // hasService reports whether r concerns service index svc.
@@ -68,14 +69,33 @@ type ruleEval struct {
 
 // first returns the index of the first of e's rules that applies to the
 // client and is active at wall-clock week time wt, or len(c.rules).
+// Rules in report mode never decide: they are skipped.
 func (c *compiled) first(e *ruleEval, wt int64) int {
 	for _, i := range e.rules {
 		r := &c.rules[i]
-		if (r.everyone || r.groups&e.mask != 0) && (r.week.always || r.week.contains(wt)) {
+		if !r.report && (r.everyone || r.groups&e.mask != 0) && (r.week.always || r.week.contains(wt)) {
 			return int(i)
 		}
 	}
 	return len(c.rules)
+}
+
+// firstReport returns the index of the first rule in report mode before
+// rule k that applies to the client and is active at week time wt, or -1.
+func (c *compiled) firstReport(e *ruleEval, k int, wt int64) int {
+	if !c.hasReport {
+		return -1
+	}
+	for _, i := range e.rules {
+		if int(i) >= k {
+			break
+		}
+		r := &c.rules[i]
+		if r.report && (r.everyone || r.groups&e.mask != 0) && (r.week.always || r.week.contains(wt)) {
+			return int(i)
+		}
+	}
+	return -1
 }
 
 // ruleChange returns the first instant after u and before limit at which
