@@ -130,13 +130,15 @@ func isTemporary(err error) bool {
 }
 
 // listen wraps ln for mode and service (the log's name for it): temporary
-// errors are counted and retried.
-func (p *Proxy) listen(ln net.Listener, mode int, service string) *retryListener {
+// errors are counted and retried, and connections follow the PROXY
+// protocol settings in force (proxyproto.go).
+func (p *Proxy) listen(ln net.Listener, mode int, service string) net.Listener {
 	addr := ln.Addr().String()
-	return newRetryListener(ln, func(err error) {
+	rl := newRetryListener(ln, func(err error) {
 		p.lm.acceptErrors[mode].Inc()
 		p.opts.Logger.Debug("accept failed; retrying", "service", service, "addr", addr, "error", err)
 	})
+	return p.proxyProtocol(rl, mode)
 }
 
 // listenerFailed records that the listener of service at addr stopped
