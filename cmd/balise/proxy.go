@@ -174,6 +174,7 @@ func proxyRestartFields() map[string]string {
 func proxyReloadFields() map[string]string {
 	return map[string]string{
 		"proxy.allowed_clients":        "AllowedClients",
+		"proxy.proxy_protocol_from":    "ProxyProtocolFrom",
 		"proxy.connect_ports":          "ConnectPorts",
 		"proxy.ip_literals":            "IPLiterals",
 		"proxy.portal_url":             "PortalURL",
@@ -208,6 +209,7 @@ func proxyOptions(cfg *config.Config, rt *runtime) (proxy.Options, error) {
 		Decisions:             rt.decisions,
 		Clock:                 rt.now,
 		AllowedClients:        pc.AllowedClients,
+		ProxyProtocolFrom:     pc.ProxyProtocolFrom,
 		ConnectPorts:          pc.ConnectPorts,
 		OpaquePorts:           pc.OpaquePorts,
 		Resolver:              pc.Resolver,
