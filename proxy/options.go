@@ -58,8 +58,11 @@ type Options struct {
 	// the client is the address it carries (for AllowedClients, limits,
 	// decisions, identity); a connection from anyone else must not carry
 	// one. Transparent listeners still take the original destination from
-	// the socket. Reloadable. Empty: off, connections are taken as they
-	// come (a PROXY header is a bad request).
+	// the socket. Reconfigure applies a changed list to the next
+	// connections of listeners started with a non-empty one; a listener
+	// started without reads no header until the next start. Empty: off,
+	// connections are taken as they come (a PROXY header is a bad
+	// request).
 	ProxyProtocolFrom []netip.Prefix
 	// ConnectPorts are the destination ports CONNECT may reach. Empty: 443.
 	ConnectPorts []uint16

@@ -41,9 +41,14 @@ import (
 // listener takes the original destination from the socket
 // (SO_ORIGINAL_DST, or the local address with TPROXY), as without PROXY
 // protocol. Empty ProxyProtocolFrom turns all of this off: connections
-// are served as they come and a PROXY header is just a bad request. The
-// setting is read at every accept, so a reload applies it to the next
-// connections.
+// are served as they come and a PROXY header is just a bad request.
+//
+// A listener started with ProxyProtocolFrom set reads the list in force
+// at every accept, so a reload that changes it (or empties it) applies
+// to the next connections. A listener started without it is not wrapped
+// at all: handing connections over from a background accept loop costs
+// some CPU per connection, which the default does not pay; turning the
+// PROXY protocol on therefore takes a restart.
 
 const (
 	// ppHeaderBuffer buffers a balancer's header reads; what follows the

@@ -10,9 +10,11 @@ import (
 	"net/netip"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/balise-net/balise/internal/policy"
 	"github.com/pires/go-proxyproto"
 )
 
@@ -165,7 +167,7 @@ func TestProxyProtocolRefusals(t *testing.T) {
 	e := startEnv(t, testSpec(), func(o *Options) {
 		o.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.3/32")}
 		o.AllowedClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
-		o.HeaderTimeout = 400 * time.Millisecond
+		o.HeaderTimeout = time.Second
 	})
 	url := "http://social.test:" + port + "/"
 	refused := func(n float64) {
@@ -186,14 +188,14 @@ func TestProxyProtocolRefusals(t *testing.T) {
 	if code, _ := getThrough(t, dialFrom(t, "127.0.0.3", e.addr), []byte(v1Header("127.0.0.2", 1, "127.0.0.3", 2)), url); code != http.StatusOK {
 		t.Errorf("balancer with a header while another is pending: %d, want 200", code)
 	}
-	if time.Since(start) > 300*time.Millisecond {
+	if time.Since(start) > 700*time.Millisecond {
 		t.Errorf("serving others took %v: the pending header held the listener", time.Since(start))
 	}
 	if n, err := slow.Read(make([]byte, 1)); err == nil || n != 0 {
 		t.Errorf("slow header: read %d, %v; want the connection closed", n, err)
 	}
-	if d := time.Since(start); d < 350*time.Millisecond || d > 3*time.Second {
-		t.Errorf("slow header closed after %v, want about header_timeout (400ms)", d)
+	if d := time.Since(start); d < 950*time.Millisecond || d > 4*time.Second {
+		t.Errorf("slow header closed after %v, want about header_timeout (1s)", d)
 	}
 	refused(1)
 	e.waitLog("msg=refused", "reason=proxy_protocol", "client=127.0.0.3", "header_timeout")
@@ -347,30 +349,129 @@ func TestProxyProtocolTransparent(t *testing.T) {
 }
 
 // TestProxyProtocolOffAndReload: off, a PROXY line is a bad request from
-// anyone; a reload turns it on for the next connections.
+// anyone and a reload does not turn it on (the listener was started
+// without); on, a reload changes the balancers, or empties the list, for
+// the next connections.
 func TestProxyProtocolOffAndReload(t *testing.T) {
 	_, port := originHTTP(t)
-	var opts Options
-	e := startEnv(t, testSpec(), func(o *Options) {
-		o.AllowedClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
-		opts = *o
-	})
 	url := "http://social.test:" + port + "/"
 	hdr := []byte(v1Header("127.0.0.2", 1, "127.0.0.1", 2))
-	if code, _ := getThrough(t, dialFrom(t, "127.0.0.1", e.addr), hdr, url); code != http.StatusBadRequest {
-		t.Errorf("off: a PROXY line answered %d, want 400", code)
+	lb1 := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	lb3 := []netip.Prefix{netip.MustParsePrefix("127.0.0.3/32")}
+	for _, start := range [][]netip.Prefix{nil, lb3} {
+		var opts Options
+		e := startEnv(t, testSpec(), func(o *Options) {
+			o.AllowedClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+			o.ProxyProtocolFrom = start
+			opts = *o
+		})
+		reload := func(from []netip.Prefix) {
+			opts.ProxyProtocolFrom = from
+			if err := e.p.Reconfigure(opts); err != nil {
+				t.Fatal(err)
+			}
+		}
+		status := func(from string, prefix []byte) int {
+			code, _ := getThrough(t, dialFrom(t, from, e.addr), prefix, url)
+			return code
+		}
+		if start == nil {
+			if code := status("127.0.0.1", hdr); code != http.StatusBadRequest {
+				t.Errorf("off: a PROXY line answered %d, want 400", code)
+			}
+			reload(lb1)
+			if code := status("127.0.0.1", hdr); code != http.StatusBadRequest {
+				t.Errorf("off at start, on by reload: a PROXY line answered %d, want 400 until a restart", code)
+			}
+			continue
+		}
+		if code := status("127.0.0.1", hdr); code != 0 {
+			t.Errorf("127.0.0.1 not yet a balancer: a header answered %d, want closed", code)
+		}
+		reload(lb1)
+		if code := status("127.0.0.1", hdr); code != http.StatusOK {
+			t.Errorf("after the reload: %d, want 200 (client 127.0.0.2 from the header)", code)
+		}
+		if code := status("127.0.0.1", nil); code != 0 {
+			t.Errorf("after the reload, no header from the balancer: %d, want closed", code)
+		}
+		if code := status("127.0.0.3", hdr); code != 0 {
+			t.Errorf("127.0.0.3 no longer a balancer: a header answered %d, want closed", code)
+		}
+		if got := e.metric("balise_proxy_refusals_total", map[string]string{"reason": "proxy_protocol"}); got != 3 {
+			t.Errorf("refusals{proxy_protocol} = %v, want 3", got)
+		}
+		reload(nil)
+		if code := status("127.0.0.1", hdr); code != http.StatusBadRequest {
+			t.Errorf("list emptied by a reload: a PROXY line answered %d, want 400", code)
+		}
+		if code := status("127.0.0.1", nil); code != http.StatusForbidden {
+			t.Errorf("list emptied by a reload: a plain request from 127.0.0.1 answered %d, want 403 (decided as itself)", code)
+		}
 	}
-	opts.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
-	if err := e.p.Reconfigure(opts); err != nil {
-		t.Fatal(err)
-	}
-	if code, _ := getThrough(t, dialFrom(t, "127.0.0.1", e.addr), hdr, url); code != http.StatusOK {
-		t.Errorf("after the reload: %d, want 200 (client 127.0.0.2 from the header)", code)
-	}
-	if code, _ := getThrough(t, dialFrom(t, "127.0.0.1", e.addr), nil, url); code != 0 {
-		t.Errorf("after the reload, no header from the balancer: %d, want closed", code)
-	}
-	if got := e.metric("balise_proxy_refusals_total", map[string]string{"reason": "proxy_protocol"}); got != 1 {
-		t.Errorf("refusals{proxy_protocol} = %v, want 1", got)
+}
+
+// BenchmarkProxyProtocolConn measures a connection from dial to the
+// first byte after the header: on the bare listener (PROXY protocol off
+// at start), through the wrapper with the list emptied by a reload, and
+// with a v2 header from a listed balancer. The differences are what the wrapper and the header cost per
+// connection (both ends run in this process; compare cpu-ns/op).
+func BenchmarkProxyProtocolConn(b *testing.B) {
+	hdr := v2Header(0x21, 0x11, netip.MustParseAddrPort("10.0.0.7:40000"), netip.MustParseAddrPort("127.0.0.1:3128"))
+	for _, name := range []string{"bare", "emptied", "v2"} {
+		on := name == "v2"
+		b.Run(name, func(b *testing.B) {
+			pol, err := policy.New(testSpec())
+			if err != nil {
+				b.Fatal(err)
+			}
+			opts := Options{Policy: &atomic.Pointer[policy.Policy]{}}
+			opts.Policy.Store(pol)
+			if on {
+				opts.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+			}
+			p, err := New(opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			raw, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			var ln net.Listener = raw // without the wrapper, as before it existed
+			if name != "bare" {
+				ln = p.proxyProtocol(raw, modeExplicit)
+			}
+			defer ln.Close()
+			msg := []byte("x")
+			if on {
+				msg = append(append([]byte(nil), hdr...), 'x')
+			}
+			var before, after syscall.Rusage
+			syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+			for b.Loop() {
+				c, err := net.Dial("tcp", raw.Addr().String())
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.Write(msg)
+				s, err := ln.Accept()
+				if err != nil {
+					b.Fatal(err)
+				}
+				var one [1]byte
+				if _, err := s.Read(one[:]); err != nil || one[0] != 'x' {
+					b.Fatalf("read %q, %v", one, err)
+				}
+				if on && s.RemoteAddr().String() != "10.0.0.7:40000" {
+					b.Fatalf("client %s", s.RemoteAddr())
+				}
+				s.Close()
+				c.Close()
+			}
+			syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+			cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+		})
 	}
 }

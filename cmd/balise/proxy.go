@@ -37,6 +37,11 @@ func startProxy(ctx context.Context, rt *runtime) error {
 			rt.log.Warn("[proxy] settings that take effect at the next restart changed; the rest of [proxy] is in force now",
 				"keys", strings.Join(keys, ", "))
 		}
+		if len(cfg.Proxy.ProxyProtocolFrom) == 0 && len(nc.Proxy.ProxyProtocolFrom) > 0 {
+			// Listeners started without it are not wrapped (no cost per
+			// connection); later changes to a set list apply at once.
+			rt.log.Warn("proxy.proxy_protocol_from set: the PROXY protocol takes effect at the next restart", "keys", "proxy.proxy_protocol_from")
+		}
 		return nil, nil
 	})
 	if len(pc.Listen)+len(pc.TransparentHTTP)+len(pc.TransparentHTTPS) == 0 {
@@ -169,7 +174,9 @@ func proxyRestartFields() map[string]string {
 
 // proxyReloadFields maps each [proxy] key a reload applies at once
 // (proxy.Reconfigure, or the CA reload for [proxy.tls]) to its field of
-// config.ProxySection. With proxyRestartFields and proxyDerivedFields,
+// config.ProxySection. proxy.proxy_protocol_from is here: a changed or
+// emptied list applies at once; only turning it on from empty waits for
+// the next restart (startProxy warns). With proxyRestartFields and proxyDerivedFields,
 // it covers every field (a test checks it).
 func proxyReloadFields() map[string]string {
 	return map[string]string{
