@@ -159,6 +159,25 @@ func TestProxyProtocolClientAddress(t *testing.T) {
 	}
 }
 
+// TestProxyProtocolExceptionForm: the exception register is handed the
+// workstation's address from the header, never the balancer's.
+func TestProxyProtocolExceptionForm(t *testing.T) {
+	_, port := originHTTP(t)
+	exc := &fakeExceptions{}
+	e := startEnv(t, testSpec(), func(o *Options) {
+		o.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+		o.AllowedClients = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+		o.Exceptions = exc
+	})
+	code, body := getThrough(t, dialFrom(t, "127.0.0.1", e.addr), []byte(v1Header("10.4.5.6", 1, "127.0.0.1", 2)), "http://social.test:"+port+"/.balise/request")
+	if code != http.StatusOK || body != "register:GET /.balise/request" {
+		t.Fatalf("/.balise/ through the balancer = %d %q, want the register's answer", code, body)
+	}
+	if calls := exc.calls(); len(calls) != 1 || calls[0] != "10.4.5.6" {
+		t.Errorf("register saw %v, want [10.4.5.6]", calls)
+	}
+}
+
 // TestProxyProtocolRefusals: a header from anyone but a balancer, a
 // balancer without a header, a malformed or a late header are refused,
 // counted and logged; the listener goes on meanwhile.

@@ -257,3 +257,63 @@ func TestProxyProtoCheck(t *testing.T) {
 		t.Errorf("check with transparent listeners = %d\n%s", code, errs)
 	}
 }
+
+// A reload changes or empties proxy_protocol_from at once; turning it on
+// from empty waits for a restart, and says so.
+func TestProxyProtoReload(t *testing.T) {
+	httpPort, httpsPort := pxOrigins(t)
+	resolver := pxDNS(t)
+	conf := func(from string) string {
+		extra := `allowed_clients = ["127.0.0.0/8"]`
+		if from != "" {
+			extra += "\nproxy_protocol_from = [" + from + "]"
+		}
+		return pxConfig(resolver, httpsPort, extra, "")
+	}
+	get := []byte("PROXY TCP4 127.0.0.2 127.0.0.1 40000 3128\r\nGET http://e2e-social.test:" + httpPort + "/r HTTP/1.1\r\nHost: e2e-social.test\r\nConnection: close\r\n\r\n")
+	status := func(in *instance, from string) string {
+		got, _ := ppRaw(t, from, in.Addr("proxy"), get)
+		if got == "" {
+			return "closed"
+		}
+		line, _, _ := strings.Cut(got, "\r\n")
+		return line
+	}
+
+	off := startBalise(t, conf(""))
+	pxRequireProxy(t, off)
+	if s := status(off, "127.0.0.1"); !strings.HasPrefix(s, "HTTP/1.1 400") {
+		t.Errorf("off: a PROXY line = %q, want 400", s)
+	}
+	off.WriteConfig(conf(`"127.0.0.1"`))
+	if l := off.Reload(); l.Msg() != "configuration reloaded" {
+		t.Fatalf("reload: %v", l)
+	}
+	off.WaitLog(0, 5*time.Second, func(l logLine) bool {
+		return strings.Contains(l.Msg(), "PROXY protocol takes effect at the next restart")
+	})
+	if s := status(off, "127.0.0.1"); !strings.HasPrefix(s, "HTTP/1.1 400") {
+		t.Errorf("turned on by a reload: a PROXY line = %q, want 400 until a restart", s)
+	}
+
+	on := startBalise(t, conf(`"127.0.0.3"`))
+	pxRequireProxy(t, on)
+	if s := status(on, "127.0.0.1"); s != "closed" {
+		t.Errorf("127.0.0.1 not a balancer: a PROXY line = %q, want closed", s)
+	}
+	on.WriteConfig(conf(`"127.0.0.1"`))
+	if l := on.Reload(); l.Msg() != "configuration reloaded" {
+		t.Fatalf("reload: %v", l)
+	}
+	if s := status(on, "127.0.0.1"); !strings.HasPrefix(s, "HTTP/1.1 200") {
+		t.Errorf("127.0.0.1 listed by a reload: %q, want 200 (decided for 127.0.0.2, comms)", s)
+	}
+	if s := status(on, "127.0.0.3"); s != "closed" {
+		t.Errorf("127.0.0.3 removed by a reload: a PROXY line = %q, want closed", s)
+	}
+	on.WriteConfig(conf(""))
+	on.Reload()
+	if s := status(on, "127.0.0.1"); !strings.HasPrefix(s, "HTTP/1.1 400") {
+		t.Errorf("list emptied by a reload: a PROXY line = %q, want 400", s)
+	}
+}
