@@ -47,14 +47,16 @@ const (
 	refusalPort
 	refusalLimit
 	refusalBadRequest
-	refusalLoop          // the destination is Balise itself
-	refusalNotTLS        // the first flight on a TLS port is not a ClientHello Balise can read
-	refusalSilent        // the client sent nothing before header_timeout on a TLS port
-	refusalNoSNI         // a ClientHello without a server name (no_sni = "deny")
-	refusalIPLiteral     // a tunnel to an IP literal without a usable server name
-	refusalDestination   // the destination is always refused or in deny_destinations
-	refusalCertScope     // a blocked connection's ClientHello named a host that is not blocked: no certificate
-	refusalProxyProtocol // a PROXY header missing, malformed or late from a balancer, or sent by anyone else
+	refusalLoop        // the destination is Balise itself
+	refusalNotTLS      // the first flight on a TLS port is not a ClientHello Balise can read
+	refusalSilent      // the client sent nothing before header_timeout on a TLS port
+	refusalNoSNI       // a ClientHello without a server name (no_sni = "deny")
+	refusalIPLiteral   // a tunnel to an IP literal without a usable server name
+	refusalDestination // the destination is always refused or in deny_destinations
+	refusalCertScope   // a blocked connection's ClientHello named a host that is not blocked: no certificate
+	// A PROXY header missing, malformed or late from a balancer, or sent
+	// by anyone else (proxyproto.go).
+	refusalProxyProtocol
 	numRefusals
 )
 

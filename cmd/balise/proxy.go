@@ -174,10 +174,10 @@ func proxyRestartFields() map[string]string {
 
 // proxyReloadFields maps each [proxy] key a reload applies at once
 // (proxy.Reconfigure, or the CA reload for [proxy.tls]) to its field of
-// config.ProxySection. proxy.proxy_protocol_from is here: a changed or
-// emptied list applies at once; only turning it on from empty waits for
-// the next restart (startProxy warns). With proxyRestartFields and proxyDerivedFields,
-// it covers every field (a test checks it).
+// config.ProxySection. With proxyRestartFields and proxyDerivedFields,
+// it covers every field (a test checks it). proxy.proxy_protocol_from is
+// here: a changed or emptied list applies at once; only turning it on
+// from empty waits for the next restart (startProxy warns).
 func proxyReloadFields() map[string]string {
 	return map[string]string{
 		"proxy.allowed_clients":        "AllowedClients",
