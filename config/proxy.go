@@ -17,6 +17,13 @@ type ProxySection struct {
 	Listen []string
 	// AllowedClients may use the proxy (default 127.0.0.0/8 and ::1/128).
 	AllowedClients []netip.Prefix
+	// ProxyProtocolFrom are the load balancers that send a PROXY protocol
+	// header, v1 or v2 (default none: off). A connection from them must
+	// open with one and is decided for the address it carries; anyone
+	// else must not send one. Not with TransparentHTTP/TransparentHTTPS
+	// (an error): behind a balancer the socket's original destination is
+	// lost.
+	ProxyProtocolFrom []netip.Prefix
 	// ConnectPorts are the ports CONNECT may reach (default [443]).
 	ConnectPorts []uint16
 	// Resolver is a DNS server (host:port) used to reach destinations

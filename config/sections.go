@@ -160,6 +160,7 @@ func (p *parser) proxySection(t *tbl) ProxySection {
 	c.TLS.CertCacheSize = tt.integer("cert_cache_size", 1024, 1, math.MaxInt32)
 	tt.finish()
 	c.Auth = p.proxyAuthSection(t.sub("auth"), c.AllowedClients)
+	c.ProxyProtocolFrom = p.proxyProtocolFrom(t, len(c.TransparentHTTP)+len(c.TransparentHTTPS) > 0)
 	return c
 }
 

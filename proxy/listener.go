@@ -130,13 +130,20 @@ func isTemporary(err error) bool {
 }
 
 // listen wraps ln for mode and service (the log's name for it): temporary
-// errors are counted and retried.
-func (p *Proxy) listen(ln net.Listener, mode int, service string) *retryListener {
+// errors are counted and retried. When ProxyProtocolFrom is set as the
+// listener starts, connections then follow the PROXY protocol settings in
+// force (proxyproto.go); otherwise the listener is left as it is, at no
+// cost per connection.
+func (p *Proxy) listen(ln net.Listener, mode int, service string) net.Listener {
 	addr := ln.Addr().String()
-	return newRetryListener(ln, func(err error) {
+	rl := newRetryListener(ln, func(err error) {
 		p.lm.acceptErrors[mode].Inc()
 		p.opts.Logger.Debug("accept failed; retrying", "service", service, "addr", addr, "error", err)
 	})
+	if len(p.cfg().ProxyProtocolFrom) == 0 {
+		return rl
+	}
+	return p.proxyProtocol(rl, mode)
 }
 
 // listenerFailed records that the listener of service at addr stopped

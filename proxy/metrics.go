@@ -54,11 +54,14 @@ const (
 	refusalIPLiteral   // a tunnel to an IP literal without a usable server name
 	refusalDestination // the destination is always refused or in deny_destinations
 	refusalCertScope   // a blocked connection's ClientHello named a host that is not blocked: no certificate
+	// A PROXY header missing, malformed or late from a balancer, or sent
+	// by anyone else (proxyproto.go).
+	refusalProxyProtocol
 	numRefusals
 )
 
 var refusalNames = [numRefusals]string{"client", "port", "limit", "bad_request", "loop",
-	"not_tls", "silent", "no_sni", "ip_literal", "destination", "cert_scope"}
+	"not_tls", "silent", "no_sni", "ip_literal", "destination", "cert_scope", "proxy_protocol"}
 
 const (
 	causeClosed    = iota // both sides finished normally

@@ -53,6 +53,17 @@ type Options struct {
 	// AllowedClients are the networks allowed to use the proxy. Empty:
 	// loopback only (127.0.0.0/8 and ::1). Balise is never an open proxy.
 	AllowedClients []netip.Prefix
+	// ProxyProtocolFrom are the load balancers that send a PROXY protocol
+	// header (v1 or v2): a connection from them must open with one, and
+	// the client is the address it carries (for AllowedClients, limits,
+	// decisions, identity); a connection from anyone else must not carry
+	// one. Transparent listeners still take the original destination from
+	// the socket. Reconfigure applies a changed list to the next
+	// connections of listeners started with a non-empty one; a listener
+	// started without reads no header until the next start. Empty: off,
+	// connections are taken as they come (a PROXY header is a bad
+	// request).
+	ProxyProtocolFrom []netip.Prefix
 	// ConnectPorts are the destination ports CONNECT may reach. Empty: 443.
 	ConnectPorts []uint16
 	// IPLiterals says how tunnels to IP-literal destinations are decided.

@@ -32,6 +32,7 @@ func (p *Proxy) ListenTransparent(ctx context.Context, addr string) (net.Listene
 
 // originalDst returns where c was going before the gateway redirected it.
 func (p *Proxy) originalDst(c net.Conn) (netip.AddrPort, error) {
+	c = socketOf(c) // never a PROXY header's destination
 	if p.opts.OriginalDestination != nil {
 		return p.opts.OriginalDestination(c)
 	}

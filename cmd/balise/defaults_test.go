@@ -24,6 +24,7 @@ func proxyOptionKeys() map[string]string {
 		"Decisions":             "",
 		"Clock":                 "",
 		"AllowedClients":        "proxy.allowed_clients",
+		"ProxyProtocolFrom":     "proxy.proxy_protocol_from",
 		"ConnectPorts":          "proxy.connect_ports",
 		"IPLiterals":            "proxy.ip_literals",
 		"OpaquePorts":           "proxy.opaque_ports",

@@ -37,6 +37,11 @@ func startProxy(ctx context.Context, rt *runtime) error {
 			rt.log.Warn("[proxy] settings that take effect at the next restart changed; the rest of [proxy] is in force now",
 				"keys", strings.Join(keys, ", "))
 		}
+		if len(cfg.Proxy.ProxyProtocolFrom) == 0 && len(nc.Proxy.ProxyProtocolFrom) > 0 {
+			// Listeners started without it are not wrapped (no cost per
+			// connection); later changes to a set list apply at once.
+			rt.log.Warn("proxy.proxy_protocol_from set: the PROXY protocol takes effect at the next restart", "keys", "proxy.proxy_protocol_from")
+		}
 		return nil, nil
 	})
 	if len(pc.Listen)+len(pc.TransparentHTTP)+len(pc.TransparentHTTPS) == 0 {
@@ -176,10 +181,13 @@ func proxyRestartFields() map[string]string {
 // proxyReloadFields maps each [proxy] key a reload applies at once
 // (proxy.Reconfigure, or the CA reload for [proxy.tls]) to its field of
 // config.ProxySection. With proxyRestartFields and proxyDerivedFields,
-// it covers every field (a test checks it).
+// it covers every field (a test checks it). proxy.proxy_protocol_from is
+// here: a changed or emptied list applies at once; only turning it on
+// from empty waits for the next restart (startProxy warns).
 func proxyReloadFields() map[string]string {
 	return map[string]string{
 		"proxy.allowed_clients":        "AllowedClients",
+		"proxy.proxy_protocol_from":    "ProxyProtocolFrom",
 		"proxy.connect_ports":          "ConnectPorts",
 		"proxy.ip_literals":            "IPLiterals",
 		"proxy.portal_url":             "PortalURL",
@@ -215,6 +223,7 @@ func proxyOptions(cfg *config.Config, rt *runtime) (proxy.Options, error) {
 		Decisions:             rt.decisions,
 		Clock:                 rt.now,
 		AllowedClients:        pc.AllowedClients,
+		ProxyProtocolFrom:     pc.ProxyProtocolFrom,
 		ConnectPorts:          pc.ConnectPorts,
 		OpaquePorts:           pc.OpaquePorts,
 		Resolver:              pc.Resolver,
