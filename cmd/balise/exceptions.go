@@ -213,9 +213,9 @@ func (c *exceptionsCLI) list(args []string) int {
 		return c.fail("list", err)
 	}
 	if *asJSON {
-		out := make([]requestJSON, 0, len(reqs))
+		out := make([]exceptions.RequestJSON, 0, len(reqs))
 		for _, q := range reqs {
-			out = append(out, toJSON(q))
+			out = append(out, q.JSON())
 		}
 		return c.printJSON(out)
 	}
@@ -231,7 +231,7 @@ func (c *exceptionsCLI) list(args []string) int {
 			until = c.local(q.Grant.NotAfter)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", q.ID, q.Status, c.local(q.Created), q.Client,
-			strings.Join(q.Services, ","), exceptionsDuration(q.Duration), until, oneLine(q.Name, 40))
+			strings.Join(q.Services, ","), exceptions.FormatDuration(q.Duration), until, oneLine(q.Name, 40))
 	}
 	tw.Flush()
 	return exitOK
@@ -253,7 +253,7 @@ func (c *exceptionsCLI) show(args []string) int {
 		return c.fail("show", err)
 	}
 	if *asJSON {
-		return c.printJSON(toJSON(q))
+		return c.printJSON(q.JSON())
 	}
 	c.printRequest(q)
 	return exitOK
@@ -272,7 +272,7 @@ func (c *exceptionsCLI) printRequest(q exceptions.Request) {
 	fmt.Fprintf(w, "contact:       %s\n", oneLine(q.Contact, 0))
 	fmt.Fprintf(w, "services:      %s\n", strings.Join(q.Services, ", "))
 	fmt.Fprintf(w, "host:          %s\n", q.Host)
-	fmt.Fprintf(w, "asked for:     %s\n", exceptionsDuration(q.Duration))
+	fmt.Fprintf(w, "asked for:     %s\n", exceptions.FormatDuration(q.Duration))
 	fmt.Fprintln(w, "justification:")
 	for _, l := range strings.Split(q.Justification, "\n") {
 		fmt.Fprintf(w, "  %s\n", oneLine(l, 0))
@@ -533,75 +533,6 @@ func (c *exceptionsCLI) printJSON(v any) int {
 		return c.fail("json", err)
 	}
 	return exitOK
-}
-
-// requestJSON is the JSON form of a request: the contract of `list --json`
-// (id, status, client, user, services, justification, created_at) and
-// `show --json`.
-type requestJSON struct {
-	ID            string     `json:"id"`
-	Status        string     `json:"status"`
-	CreatedAt     string     `json:"created_at"`
-	Client        string     `json:"client"`
-	User          string     `json:"user"`
-	Name          string     `json:"name"`
-	Contact       string     `json:"contact"`
-	Services      []string   `json:"services"`
-	Host          string     `json:"host"`
-	Justification string     `json:"justification"`
-	Duration      string     `json:"duration"`
-	DecidedBy     string     `json:"decided_by"`
-	DecidedAt     string     `json:"decided_at"`
-	Note          string     `json:"note"`
-	Grant         *grantJSON `json:"grant"`
-}
-
-type grantJSON struct {
-	Subject   string   `json:"subject"`
-	User      string   `json:"user"`
-	Services  []string `json:"services"`
-	NotBefore string   `json:"not_before"`
-	NotAfter  string   `json:"not_after"`
-	GrantedBy string   `json:"granted_by"`
-	RevokedAt string   `json:"revoked_at"`
-	RevokedBy string   `json:"revoked_by"`
-}
-
-func rfc3339(t time.Time) string {
-	if t.IsZero() {
-		return ""
-	}
-	return t.UTC().Format(time.RFC3339)
-}
-
-func toJSON(q exceptions.Request) requestJSON {
-	out := requestJSON{
-		ID: q.ID, Status: string(q.Status), CreatedAt: rfc3339(q.Created), Client: q.Client.String(), User: q.User,
-		Name: q.Name, Contact: q.Contact, Services: q.Services, Host: q.Host, Justification: q.Justification,
-		Duration: exceptionsDuration(q.Duration), DecidedBy: q.DecidedBy, DecidedAt: rfc3339(q.Decided), Note: q.Note,
-	}
-	if out.Services == nil {
-		out.Services = []string{}
-	}
-	if g := q.Grant; g != nil {
-		out.Grant = &grantJSON{User: g.User, Services: g.Services, NotBefore: rfc3339(g.NotBefore),
-			NotAfter: rfc3339(g.NotAfter), GrantedBy: g.GrantedBy, RevokedAt: rfc3339(g.Revoked), RevokedBy: g.RevokedBy}
-		if g.Subject.IsValid() {
-			out.Grant.Subject = g.Subject.String()
-		}
-	}
-	return out
-}
-
-// exceptionsDuration writes whole days as "7d".
-func exceptionsDuration(d time.Duration) string {
-	if d > 0 && d%(24*time.Hour) == 0 {
-		return fmt.Sprintf("%dd", d/(24*time.Hour))
-	}
-	if d%time.Hour == 0 {
-		return fmt.Sprintf("%dh", d/time.Hour)
-	}
-	return d.String()
 }
 
 // oneLine makes requester-typed text safe for a terminal: control

@@ -96,7 +96,7 @@ func TestExceptionsMigrateAndCommandsOnPostgres(t *testing.T) {
 		return runCmd(append([]string{"exceptions", "--config", pgCfg}, args...)...)
 	}
 	out, errOut, code = ex("list", "--json")
-	var list []requestJSON
+	var list []exceptions.RequestJSON
 	if code != exitOK || json.Unmarshal([]byte(out), &list) != nil || len(list) != 2 || list[0].Status != "approved" {
 		t.Fatalf("list on PostgreSQL = %d %s %s", code, out, errOut)
 	}

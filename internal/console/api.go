@@ -14,37 +14,13 @@ import (
 	"github.com/balise-net/balise/internal/exceptions"
 )
 
-// requestJSON is a request as `balise exceptions list --json` shows it,
-// with its history on GET /api/v1/requests/{id}.
+// requestJSON is a request as `balise exceptions list --json` shows it
+// (exceptions.RequestJSON), marked when overdue, with its history on GET
+// /api/v1/requests/{id}.
 type requestJSON struct {
-	ID            string      `json:"id"`
-	Status        string      `json:"status"`
-	CreatedAt     string      `json:"created_at"`
-	Client        string      `json:"client"`
-	User          string      `json:"user"`
-	Name          string      `json:"name"`
-	Contact       string      `json:"contact"`
-	Services      []string    `json:"services"`
-	Host          string      `json:"host"`
-	Justification string      `json:"justification"`
-	Duration      string      `json:"duration"`
-	DecidedBy     string      `json:"decided_by"`
-	DecidedAt     string      `json:"decided_at"`
-	Note          string      `json:"note"`
-	Grant         *grantJSON  `json:"grant"`
-	Overdue       bool        `json:"overdue,omitempty"`
-	History       []eventJSON `json:"history,omitempty"`
-}
-
-type grantJSON struct {
-	Subject   string   `json:"subject"`
-	User      string   `json:"user"`
-	Services  []string `json:"services"`
-	NotBefore string   `json:"not_before"`
-	NotAfter  string   `json:"not_after"`
-	GrantedBy string   `json:"granted_by"`
-	RevokedAt string   `json:"revoked_at"`
-	RevokedBy string   `json:"revoked_by"`
+	exceptions.RequestJSON
+	Overdue bool        `json:"overdue,omitempty"`
+	History []eventJSON `json:"history,omitempty"`
 }
 
 type eventJSON struct {
@@ -58,41 +34,8 @@ type eventJSON struct {
 	Note     string `json:"note,omitempty"`
 }
 
-func rfc3339(t time.Time) string {
-	if t.IsZero() {
-		return ""
-	}
-	return t.UTC().Format(time.RFC3339)
-}
-
-func durationText(d time.Duration) string {
-	switch {
-	case d > 0 && d%(24*time.Hour) == 0:
-		return fmt.Sprintf("%dd", d/(24*time.Hour))
-	case d%time.Hour == 0:
-		return fmt.Sprintf("%dh", d/time.Hour)
-	}
-	return d.String()
-}
-
 func (c *Console) toJSON(q exceptions.Request) requestJSON {
-	out := requestJSON{
-		ID: q.ID, Status: string(q.Status), CreatedAt: rfc3339(q.Created), Client: q.Client.String(), User: q.User,
-		Name: q.Name, Contact: q.Contact, Services: q.Services, Host: q.Host, Justification: q.Justification,
-		Duration: durationText(q.Duration), DecidedBy: q.DecidedBy, DecidedAt: rfc3339(q.Decided), Note: q.Note,
-		Overdue: c.overdue(q),
-	}
-	if out.Services == nil {
-		out.Services = []string{}
-	}
-	if g := q.Grant; g != nil {
-		out.Grant = &grantJSON{User: g.User, Services: g.Services, NotBefore: rfc3339(g.NotBefore),
-			NotAfter: rfc3339(g.NotAfter), GrantedBy: g.GrantedBy, RevokedAt: rfc3339(g.Revoked), RevokedBy: g.RevokedBy}
-		if g.Subject.IsValid() {
-			out.Grant.Subject = g.Subject.String()
-		}
-	}
-	return out
+	return requestJSON{RequestJSON: q.JSON(), Overdue: c.overdue(q)}
 }
 
 func (c *Console) overdue(q exceptions.Request) bool {

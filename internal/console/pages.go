@@ -165,7 +165,7 @@ func (c *Console) requestPage(w http.ResponseWriter, r *http.Request, s session)
 	}
 	var durations []map[string]string
 	for _, d := range c.reg.Durations() {
-		durations = append(durations, map[string]string{"Value": durationText(d), "Label": durationLabel(d, l),
+		durations = append(durations, map[string]string{"Value": exceptions.FormatDuration(d), "Label": durationLabel(d, l),
 			"Selected": map[bool]string{true: "selected"}[d == q.Duration]})
 	}
 	own := sameUser(q.User, s.user)

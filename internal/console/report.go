@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strconv"
 	"time"
+
+	"github.com/balise-net/balise/internal/exceptions"
 )
 
 // count is one row of a report table.
@@ -187,7 +189,7 @@ func (c *Console) reportCSV(w http.ResponseWriter, r *http.Request, s session) {
 	if rp.VerifyErr != "" {
 		status = "broken: " + rp.VerifyErr
 	}
-	cw.Write([]string{"audit_chain", rfc3339(rp.VerifiedAt), csvSafe(status)})
+	cw.Write([]string{"audit_chain", exceptions.RFC3339(rp.VerifiedAt), csvSafe(status)})
 	cw.Flush()
 }
 
