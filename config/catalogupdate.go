@@ -169,17 +169,7 @@ func NewCatalogUpdater(c *Config, client *http.Client, log *slog.Logger, m *Metr
 	if err != nil {
 		return nil // Parse refused it already
 	}
-	if client == nil {
-		client = &http.Client{Timeout: 60 * time.Second}
-	}
-	if client.CheckRedirect == nil {
-		cl := *client
-		cl.CheckRedirect = httpsRedirectsOnly
-		client = &cl
-	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	client, log = downloadDefaults(client, log)
 	return &CatalogUpdater{cfg: c, key: key, client: client, log: log, metrics: m}
 }
 

@@ -54,17 +54,7 @@ type Fetcher struct {
 // refuses redirects away from https. A nil log discards; nil metrics
 // records none.
 func NewFetcher(c *Config, client *http.Client, log *slog.Logger, m *Metrics) *Fetcher {
-	if client == nil {
-		client = &http.Client{Timeout: 60 * time.Second}
-	}
-	if client.CheckRedirect == nil {
-		cl := *client
-		cl.CheckRedirect = httpsRedirectsOnly
-		client = &cl
-	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	client, log = downloadDefaults(client, log)
 	f := &Fetcher{cfg: c, client: client, log: log, metrics: m, now: time.Now, status: map[string]*ListStatus{}}
 	for _, l := range c.Lists {
 		st := &ListStatus{Name: l.Name, Domains: len(l.Domains) + len(l.fileDomains)}
@@ -387,4 +377,23 @@ func (f *Fetcher) publish() {
 			f.metrics.listLastRefresh.WithLabelValues(st.Name).Set(float64(st.LastRefresh.UnixNano()) / 1e9)
 		}
 	}
+}
+
+// downloadDefaults gives the list fetcher and the catalog updater their
+// HTTP client (nil: one with a 60 s timeout; one without CheckRedirect
+// gets one that refuses redirects away from https) and logger (nil:
+// discard).
+func downloadDefaults(client *http.Client, log *slog.Logger) (*http.Client, *slog.Logger) {
+	if client == nil {
+		client = &http.Client{Timeout: 60 * time.Second}
+	}
+	if client.CheckRedirect == nil {
+		cl := *client
+		cl.CheckRedirect = httpsRedirectsOnly
+		client = &cl
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return client, log
 }
