@@ -251,7 +251,8 @@ func (f *Filter) logDecision(now time.Time, client netip.Addr, host string, d po
 	if f.s.DecisionLog == nil || !d.Listed() {
 		return
 	}
-	f.s.DecisionLog.Log(now, decisionlog.Entry{Front: "dns", Client: client, Host: strings.Clone(host), Decision: d})
+	f.s.DecisionLog.Log(now, decisionlog.Entry{Front: "dns", Client: client, Host: strings.Clone(host), Decision: d,
+		Groups: f.s.Policy.Load().Groups(policy.Query{Client: client})})
 }
 
 // block answers a blocked name with the configured block response and an

@@ -402,7 +402,8 @@ func (p *Proxy) logDecision(front string, client netip.Addr, w who, host string,
 	if p.opts.Decisions == nil {
 		return
 	}
-	p.opts.Decisions.Log(now, decisionlog.Entry{Front: front, Client: client, User: p.logName(w), Host: host, Decision: d})
+	p.opts.Decisions.Log(now, decisionlog.Entry{Front: front, Client: client, User: p.logName(w), Host: host, Decision: d,
+		Groups: p.opts.Policy.Load().Groups(w.query(host, client, now))})
 }
 
 func blockResponse(r *http.Request, body []byte) *http.Response {

@@ -20,6 +20,9 @@ type Entry struct {
 	User     string
 	Host     string
 	Decision policy.Decision
+	// Groups are the configuration's groups the client belongs to (policy
+	// names, not personal data), written as "groups". Zero: none shown.
+	Groups policy.GroupSet
 }
 
 type key struct {
@@ -176,6 +179,7 @@ func (l *Logger) write(at time.Time, e Entry, repeats int) {
 		slog.String("front", e.Front),
 		slog.String("client", e.Client.Unmap().String()),
 		slog.String("user", e.User),
+		slog.Any("groups", groupNames(e.Groups)),
 		slog.String("host", e.Host),
 		slog.String("service", d.Service),
 		slog.String("category", d.Category),
@@ -188,4 +192,13 @@ func (l *Logger) write(at time.Time, e Entry, repeats int) {
 		slog.String("would_rule", d.Report.Rule),
 		slog.Int("repeats", repeats),
 	)
+}
+
+// groupNames is the "groups" value of a line: an empty list rather than
+// null when the client is in no group.
+func groupNames(g policy.GroupSet) []string {
+	if n := g.Names(); n != nil {
+		return n
+	}
+	return []string{}
 }

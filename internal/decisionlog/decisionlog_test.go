@@ -17,16 +17,17 @@ import (
 )
 
 type line struct {
-	Msg     string `json:"msg"`
-	Front   string `json:"front"`
-	Client  string `json:"client"`
-	Host    string `json:"host"`
-	Service string `json:"service"`
-	Verdict string `json:"verdict"`
-	Reason  string `json:"reason"`
-	Rule    string `json:"rule"`
-	Until   string `json:"until"`
-	Repeats int    `json:"repeats"`
+	Msg     string   `json:"msg"`
+	Front   string   `json:"front"`
+	Client  string   `json:"client"`
+	Host    string   `json:"host"`
+	Service string   `json:"service"`
+	Verdict string   `json:"verdict"`
+	Reason  string   `json:"reason"`
+	Rule    string   `json:"rule"`
+	Until   string   `json:"until"`
+	Repeats int      `json:"repeats"`
+	Groups  []string `json:"groups"`
 }
 
 func newTest(t *testing.T, window time.Duration, max int) (*Logger, *bytes.Buffer) {
@@ -228,5 +229,35 @@ func TestReportLine(t *testing.T) {
 	}
 	if w, ok := got[1]["would"]; !ok || w != "" || got[1]["would_rule"] != "" {
 		t.Errorf("plain line = %v, want would and would_rule present and empty", got[1])
+	}
+}
+
+// TestGroupsInLine checks that a line names the configuration's groups
+// the client belongs to (by network and by directory group), and an empty
+// list, not null, for a client in none.
+func TestGroupsInLine(t *testing.T) {
+	pol, err := policy.New(policy.Spec{
+		DefaultAction: policy.Block,
+		Services:      []policy.Service{{ID: "facebook", Category: "networking", Domains: []string{"facebook.com"}}},
+		Groups: []policy.Group{
+			{Name: "personnel", Networks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+			{Name: "communications", DirectoryGroups: []string{"GG-Comms"}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, buf := newTest(t, time.Minute, 0)
+	now := time.Date(2026, 5, 12, 14, 0, 0, 0, time.UTC)
+	l.Log(now, Entry{Front: "http", Client: netip.MustParseAddr("10.1.2.3"), User: "u-x", Host: "facebook.com", Decision: blocked("facebook"),
+		Groups: pol.Groups(policy.Query{Client: netip.MustParseAddr("10.1.2.3"), User: "alice", Groups: []string{"gg-comms"}})})
+	l.Log(now, Entry{Front: "dns", Client: netip.MustParseAddr("192.0.2.1"), Host: "facebook.com", Decision: blocked("facebook"),
+		Groups: pol.Groups(policy.Query{Client: netip.MustParseAddr("192.0.2.1")})})
+	got := lines(t, buf)
+	if len(got) != 2 || strings.Join(got[0].Groups, ",") != "personnel,communications" || got[1].Groups == nil || len(got[1].Groups) != 0 {
+		t.Fatalf("groups = %+v, want [personnel communications] then []", got)
+	}
+	if !strings.Contains(buf.String(), `"groups":[]`) {
+		t.Errorf("a client in no group should log \"groups\":[]:\n%s", buf.String())
 	}
 }
