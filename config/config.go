@@ -61,6 +61,9 @@ type Config struct {
 	Schedules []Schedule
 	Lists     []List
 	Rules     []Rule
+	// Credits are the [[credit]] tables: break minutes employees spend
+	// themselves (see Credit).
+	Credits []Credit
 
 	// hosts holds the service hosts of the last Spec (see ServiceHosts);
 	// nil for a Config not made by Parse.

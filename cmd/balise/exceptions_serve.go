@@ -84,7 +84,15 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 		reg.Close()
 		return fmt.Errorf("exceptions: CSRF key: %w", err)
 	}
+	cw := creditWiring{rt: rt}
+	if err := reg.SetCredits(cw.plans, rt.reg); err != nil {
+		reg.Close()
+		return err
+	}
 	web, err := exceptions.NewWeb(exceptions.WebOptions{
+		Credits:   cw.covering,
+		CreditsOf: cw.of,
+		UserOf:    cw.userOf,
 		Register: reg,
 		Tokens:   exceptions.NewTokens(key, 0),
 		ServiceName: func(id string) string {
