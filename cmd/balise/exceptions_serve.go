@@ -93,8 +93,8 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 		Credits:   cw.covering,
 		CreditsOf: cw.of,
 		UserOf:    cw.userOf,
-		Register: reg,
-		Tokens:   exceptions.NewTokens(key, 0),
+		Register:  reg,
+		Tokens:    exceptions.NewTokens(key, 0),
 		ServiceName: func(id string) string {
 			if s, ok := rt.policy.Load().LookupService(id); ok && s.Name != "" {
 				return s.Name
