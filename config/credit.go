@@ -85,6 +85,9 @@ func (p *parser) credits(ts []*tbl, c *Config) []Credit {
 	var out []Credit
 	for _, t := range ts {
 		cr := Credit{Name: p.name(t, "credit", seen)}
+		if c.Exceptions == nil {
+			p.keyErr(t.path, "credit %sneeds [exceptions]: the minutes spent are kept in the register's store", quoteSpace(cr.Name))
+		}
 		gs, ok := t.strs("groups")
 		if !ok || len(gs) == 0 {
 			p.keyErr(t.path, "credit %shas no groups (write groups = [\"*\"] for everyone)", quoteSpace(cr.Name))
@@ -131,7 +134,7 @@ func (p *parser) credits(ts []*tbl, c *Config) []Credit {
 		}
 		cr.Minutes = defaultCreditMinutes
 		if v, ok := t.get("minutes"); ok {
-			var m float64
+			m := -1.0
 			switch v := v.(type) {
 			case int64:
 				m = float64(v)
@@ -140,7 +143,9 @@ func (p *parser) credits(ts []*tbl, c *Config) []Credit {
 			default:
 				t.typeErr(t.key("minutes"), "a number of minutes", v)
 			}
-			if m <= 0 || math.IsNaN(m) || m > 7*24*60 {
+			if m == -1 && !isNumber(v) {
+				// reported above
+			} else if m <= 0 || math.IsNaN(m) || m > 7*24*60 {
 				p.valueErr(t.key("minutes"), "must be more than 0 and at most a week (10080)")
 			} else {
 				cr.Minutes = time.Duration(m * float64(time.Minute)).Round(time.Millisecond)
@@ -156,4 +161,12 @@ func (p *parser) credits(ts []*tbl, c *Config) []Credit {
 		out = append(out, cr)
 	}
 	return out
+}
+
+func isNumber(v any) bool {
+	switch v.(type) {
+	case int64, float64:
+		return true
+	}
+	return false
 }

@@ -9,6 +9,8 @@ import (
 )
 
 const creditGroups = `
+[exceptions]
+
 [[group]]
 name = "personnel"
 networks = ["10.0.0.0/8"]
@@ -54,12 +56,13 @@ minutes = 0.1
 
 func TestCreditProblems(t *testing.T) {
 	for _, tc := range []struct{ name, body, want string }{
-		{"doh category", `categories = ["doh"]`, `credit.toml:9:15: credit[0].categories[0]: a credit never covers "doh"`},
+		{"doh category", `categories = ["doh"]`, `credit.toml:11:15: credit[0].categories[0]: a credit never covers "doh"`},
 		{"doh service", `services = ["doh"]`, `credit[0].services[0]: a credit never covers "doh"`},
 		{"canaries", `categories = ["canaries"]`, `canaries`},
 		{"nothing covered", ``, `covers nothing`},
 		{"minutes zero", "services = [\"facebook\"]\nminutes = 0", `credit[0].minutes`},
 		{"minutes longer than per", "services = [\"facebook\"]\nminutes = 90\nper = \"1h\"", `longer than the window`},
+		{"minutes not a number", "services = [\"facebook\"]\nminutes = \"30\"", `credit[0].minutes: must be a number of minutes`},
 		{"unknown group", "services = [\"facebook\"]\ngroups = [\"nobody\"]", `unknown group`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -73,5 +76,12 @@ func TestCreditProblems(t *testing.T) {
 				t.Fatalf("Parse:\n%s\nerror %v, want it to contain %q", doc, err, tc.want)
 			}
 		})
+	}
+}
+
+func TestCreditNeedsExceptions(t *testing.T) {
+	doc := "[[credit]]\nname = \"p\"\ngroups = [\"*\"]\nservices = [\"facebook\"]\n"
+	if _, err := Parse("credit.toml", []byte(doc)); err == nil || !strings.Contains(err.Error(), "credit.toml:1:1: credit[0]: credit \"p\" needs [exceptions]") {
+		t.Fatalf("Parse without [exceptions]: %v", err)
 	}
 }

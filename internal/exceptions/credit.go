@@ -101,6 +101,12 @@ func (r *Register) SetCredits(plans func() []CreditPlan, reg prometheus.Register
 		}
 	}
 	c.metricOK = true
+	if plans != nil {
+		for _, p := range plans() {
+			c.started.WithLabelValues(p.Name)
+			c.used.WithLabelValues(p.Name)
+		}
+	}
 	return nil
 }
 
