@@ -220,13 +220,59 @@ per = "1h"
 	if _, page2 := exCurl(t, proxyAddr, "127.0.0.2", site); !strings.Contains(page2, `class="break-left">12 s<`) {
 		t.Fatalf("second workstation's page:\n%s\nwant 12 s left", page2)
 	}
+	// The second workstation starts a break, then ends it from the
+	// portal (« Terminer ma pause »): blocked again at once, and the
+	// unused time stays.
+	_, page2 := exCurl(t, proxyAddr, "127.0.0.2", site)
+	m2 := exTokenRE.FindStringSubmatch(page2)
+	if code, body := exCurl(t, proxyAddr, "127.0.0.2", site+".balise/break/start", "--data-urlencode", "credit=pause-quart",
+		"--data-urlencode", "service=socialtest", "--data-urlencode", "token="+html.UnescapeString(m2[1])); code != http.StatusOK {
+		t.Fatalf("second workstation's start = %d\n%s", code, body)
+	}
+	exEventually(t, "second workstation's break", func() error {
+		if code, _ := exCurl(t, proxyAddr, "127.0.0.2", site); code != http.StatusOK {
+			return fmt.Errorf("proxy = %d", code)
+		}
+		return nil
+	})
+	time.Sleep(2 * time.Second)
+	portal := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, "curl", "-sS", "--interface", "127.0.0.2", "http://"+proxyAddr+"/").Output()
+		if err != nil {
+			t.Fatalf("portal: %v", err)
+		}
+		return string(out)
+	}
+	p := portal()
+	mp := exTokenRE.FindStringSubmatch(p)
+	if !strings.Contains(p, "Pause en cours") || !strings.Contains(p, "Terminer ma pause") || mp == nil {
+		t.Fatalf("portal during the break:\n%s", p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "curl", "-sS", "--interface", "127.0.0.2", "http://"+proxyAddr+"/.balise/break/end",
+		"--data-urlencode", "credit=pause-quart", "--data-urlencode", "token="+html.UnescapeString(mp[1]), "--data-urlencode", "lang=fr").Output()
+	if err != nil || !strings.Contains(string(out), "Pause terminée") {
+		t.Fatalf("end from the portal: %v\n%s", err, out)
+	}
+	exEventually(t, "after ending the break", func() error {
+		if code, _ := exCurl(t, proxyAddr, "127.0.0.2", site); code != http.StatusForbidden {
+			return fmt.Errorf("proxy = %d, want 403", code)
+		}
+		return nil
+	})
+	if p := portal(); !strings.Contains(p, "Il reste") || strings.Contains(p, "Pause en cours") || !strings.Contains(p, "Commencer ma pause") {
+		t.Fatalf("portal after ending the break:\n%s\nwant the minutes left", p)
+	}
 	// Counts without identity.
-	if v, ok := in.MetricValue("balise_credit_breaks_started_total", "credit=pause-quart"); !ok || v != 1 {
-		t.Errorf("balise_credit_breaks_started_total = %v, %v; want 1", v, ok)
+	if v, ok := in.MetricValue("balise_credit_breaks_started_total", "credit=pause-quart"); !ok || v != 2 {
+		t.Errorf("balise_credit_breaks_started_total = %v, %v; want 2", v, ok)
 	}
 	exEventually(t, "minutes used", func() error {
-		if v, ok := in.MetricValue("balise_credit_seconds_used_total", "credit=pause-quart"); !ok || v < 11 || v > 13 {
-			return fmt.Errorf("balise_credit_seconds_used_total = %v, %v; want 12", v, ok)
+		if v, ok := in.MetricValue("balise_credit_seconds_used_total", "credit=pause-quart"); !ok || v < 13 || v > 18 {
+			return fmt.Errorf("balise_credit_seconds_used_total = %v, %v; want 12 + the second break's 2 to 4", v, ok)
 		}
 		return nil
 	})

@@ -154,7 +154,12 @@ func TestCreditWeb(t *testing.T) {
 		}
 		return nil
 	}
-	w.web.opt.CreditsOf = func(client netip.Addr, user string) []CreditPlan { return []CreditPlan{testPlan} }
+	w.web.opt.CreditsOf = func(client netip.Addr, user string) []CreditPlan {
+		if client == netip.MustParseAddr("10.9.9.9") {
+			return nil
+		}
+		return []CreditPlan{testPlan}
+	}
 	page := string(w.web.Form(netip.MustParseAddr("10.1.2.3"), blocked, "www.facebook.com", "fr"))
 	if !strings.Contains(page, "Commencer ma pause") || !strings.Contains(page, "Le crédit de pause de ce poste") ||
 		!strings.Contains(page, `<span class="break-left">2 min</span>`) || !strings.Contains(page, "Demander une exception") {
@@ -208,6 +213,12 @@ func TestCreditWeb(t *testing.T) {
 	}
 	if last != http.StatusTooManyRequests {
 		t.Fatalf("after many posts: %d, want 429", last)
+	}
+	// A client without the credit cannot start it, even with a valid token.
+	w.clock.Add(time.Minute)
+	tok9 := w.web.opt.Tokens.Issue(netip.MustParseAddr("10.9.9.9"), w.clock.Now())
+	if code, _ := post("10.9.9.9", BreakStartPath, url.Values{"credit": {"pause"}, "service": {"facebook"}, "token": {tok9}}); code != http.StatusNotFound {
+		t.Fatalf("start without the credit: %d, want 404", code)
 	}
 	if code, _ := post("10.1.2.5", BreakStartPath, url.Values{"credit": {"pause"}, "token": {tok}, "evil": {"1"}}); code != http.StatusBadRequest {
 		t.Fatalf("unexpected field: %d, want 400", code)

@@ -37,17 +37,17 @@ var breakBoxTmpl = template.Must(template.New("break").Parse(`<div class="balise
 {{if eq .Lang "en"}}<h2>Break credit</h2>
 <p>{{if .Person}}Your break credit{{else}}This workstation's break credit{{end}} « {{.Credit}} » opens {{.ServiceName}} during your breaks.</p>
 {{if .Active}}<p>Break in progress until <span class="break-ends">{{.Ends}}</span>.</p>
-<form method="post" action="/.balise/break/end"><input type="hidden" name="credit" value="{{.Credit}}"><input type="hidden" name="token" value="{{.Token}}"><input type="hidden" name="lang" value="en"><button type="submit" id="break-end">End my break</button></form>
+<form method="post" action="/.balise/break/end"><input type="hidden" name="credit" value="{{.Credit}}"><input type="hidden" name="token" value="{{.Token}}"><input type="hidden" name="lang" value="en"><button type="submit" class="break-end">End my break</button></form>
 {{else if .Spent}}<p class="break-spent">Credit used up. It refills from <span class="break-refill">{{.Refill}}</span>.</p>
 {{else}}<p><span class="break-left">{{.Left}}</span> left{{if .Refill}}; spent minutes come back from <span class="break-refill">{{.Refill}}</span>{{end}}.</p>
-<form method="post" action="/.balise/break/start"><input type="hidden" name="credit" value="{{.Credit}}"><input type="hidden" name="service" value="{{.Service}}"><input type="hidden" name="host" value="{{.Host}}"><input type="hidden" name="token" value="{{.Token}}"><input type="hidden" name="lang" value="en"><button type="submit" id="break-start">Start my break</button></form>
+<form method="post" action="/.balise/break/start"><input type="hidden" name="credit" value="{{.Credit}}"><input type="hidden" name="service" value="{{.Service}}"><input type="hidden" name="host" value="{{.Host}}"><input type="hidden" name="token" value="{{.Token}}"><input type="hidden" name="lang" value="en"><button type="submit" class="break-start">Start my break</button></form>
 {{end}}{{else}}<h2>Crédit de pause</h2>
 <p>{{if .Person}}Votre crédit de pause{{else}}Le crédit de pause de ce poste{{end}} « {{.Credit}} » ouvre {{.ServiceName}} pendant vos pauses.</p>
 {{if .Active}}<p>Pause en cours jusqu'à <span class="break-ends">{{.Ends}}</span>.</p>
-<form method="post" action="/.balise/break/end"><input type="hidden" name="credit" value="{{.Credit}}"><input type="hidden" name="token" value="{{.Token}}"><input type="hidden" name="lang" value="fr"><button type="submit" id="break-end">Terminer ma pause</button></form>
+<form method="post" action="/.balise/break/end"><input type="hidden" name="credit" value="{{.Credit}}"><input type="hidden" name="token" value="{{.Token}}"><input type="hidden" name="lang" value="fr"><button type="submit" class="break-end">Terminer ma pause</button></form>
 {{else if .Spent}}<p class="break-spent">Crédit épuisé. Il se renouvelle à partir de <span class="break-refill">{{.Refill}}</span>.</p>
 {{else}}<p>Il reste <span class="break-left">{{.Left}}</span>{{if .Refill}}; les minutes utilisées reviennent à partir de <span class="break-refill">{{.Refill}}</span>{{end}}.</p>
-<form method="post" action="/.balise/break/start"><input type="hidden" name="credit" value="{{.Credit}}"><input type="hidden" name="service" value="{{.Service}}"><input type="hidden" name="host" value="{{.Host}}"><input type="hidden" name="token" value="{{.Token}}"><input type="hidden" name="lang" value="fr"><button type="submit" id="break-start">Commencer ma pause</button></form>
+<form method="post" action="/.balise/break/start"><input type="hidden" name="credit" value="{{.Credit}}"><input type="hidden" name="service" value="{{.Service}}"><input type="hidden" name="host" value="{{.Host}}"><input type="hidden" name="token" value="{{.Token}}"><input type="hidden" name="lang" value="fr"><button type="submit" class="break-start">Commencer ma pause</button></form>
 {{end}}{{end}}</div>
 `))
 
@@ -236,10 +236,12 @@ func (w *Web) serveBreak(rw http.ResponseWriter, r *http.Request) {
 	var plan CreditPlan
 	found := false
 	var plans []CreditPlan
-	if r.URL.Path == BreakStartPath && w.opt.Credits != nil {
-		plans = w.opt.Credits(addr, user, vals.Get("service"))
-	} else if w.opt.CreditsOf != nil {
+	// The credit's name identifies it (the portal's button names no
+	// service); it must be one of this client's.
+	if w.opt.CreditsOf != nil {
 		plans = w.opt.CreditsOf(addr, user)
+	} else if w.opt.Credits != nil {
+		plans = w.opt.Credits(addr, user, vals.Get("service"))
 	}
 	for _, p := range plans {
 		if p.Name == vals.Get("credit") {
