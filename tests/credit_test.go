@@ -10,12 +10,15 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chromedp/chromedp"
 )
 
 // creditBreak is the credit of the end-to-end test: 0.2 minutes (12 s)
@@ -302,3 +305,77 @@ connect_ports = [443, %s]
 allow_destinations = ["127.0.0.0/8", "::1/128"]
 `, dnsAddr, dnsAddr, tlsPort) + exceptionsConfig
 }
+
+// TestCreditBrowser presses « Commencer ma pause » in headless Chromium
+// going through the proxy, reaches the site during the break, and sees
+// « Crédit épuisé » with the refill time once the minutes run out.
+func TestCreditBrowser(t *testing.T) {
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		path = requireTool(t, "chromium-browser")
+	}
+	dnsAddr := exSocialDNS(t)
+	port := exBackend(t)
+	in := startBalise(t, exProxyConfig(dnsAddr, `
+[[group]]
+name = "personnel"
+networks = ["127.0.0.0/8"]
+
+[[credit]]
+name = "pause-quart"
+groups = ["personnel"]
+services = ["socialtest"]
+minutes = 0.1
+per = "1h"
+`))
+	exRequireFrontEnds(t, in)
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(path),
+		chromedp.Flag("headless", true), chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
+		chromedp.ProxyServer("http://"+in.Addr("proxy")), chromedp.Flag("proxy-bypass-list", "<-loopback>"))
+	if os.Geteuid() == 0 {
+		opts = append(opts, chromedp.NoSandbox)
+	}
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancel()
+	ctx, cancel2 := chromedp.NewContext(actx)
+	defer cancel2()
+	ctx, cancel3 := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel3()
+	site := "http://www.social.test:" + port + "/"
+	start := `div.balise-break[lang=fr] button.break-start`
+	if err := chromedp.Do(ctx, chromedp.Navigate(site), chromedp.WaitVisible(chromedp.CSS(start))); err != nil {
+		t.Fatalf("block page with the break button: %v", err)
+	}
+	left, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`div.balise-break[lang=fr] .break-left`)))
+	if err != nil || left != "6 s" {
+		t.Fatalf("minutes left shown = %q, %v; want 6 s", left, err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(start)), chromedp.WaitVisible(chromedp.CSS("h1"))); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("h1"))); h != "Pause commencée" {
+		t.Fatalf("after the click: %q, want « Pause commencée »", h)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		chromedp.Do(ctx, chromedp.Navigate(site))
+		body, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("body")))
+		if strings.Contains(body, "hello from social.test") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the site during the break: %q", body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(7 * time.Second)
+	if err := chromedp.Do(ctx, chromedp.Navigate(site), chromedp.WaitVisible(chromedp.CSS(`div.balise-break[lang=fr] .break-spent`))); err != nil {
+		t.Fatalf("block page after the break: %v", err)
+	}
+	spent, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`div.balise-break[lang=fr] .break-spent`)))
+	if !strings.Contains(spent, "Crédit épuisé") || !creditClockRE.MatchString(spent) {
+		t.Fatalf("after the break: %q, want « Crédit épuisé » with the refill time", spent)
+	}
+}
+
+var creditClockRE = regexp.MustCompile(`\d\d:\d\d:\d\d`)
