@@ -379,3 +379,67 @@ per = "1h"
 }
 
 var creditClockRE = regexp.MustCompile(`\d\d:\d\d:\d\d`)
+
+// TestCreditFollowsPerson: with identity, the credit is the person's. Alice,
+// known on 127.0.0.2, starts her break there; she reaches the service from
+// 127.0.0.3 once she authenticates there (proxy and DNS), bob does not,
+// and when her minutes run out the new workstation gives her none: her
+// page there says « Crédit épuisé ».
+func TestCreditFollowsPerson(t *testing.T) {
+	requireTool(t, "curl")
+	requireTool(t, "dig")
+	d := idSetup(t)
+	s := idStartSites(t)
+	in := startBalise(t, d.config(s, idOptions{})+`
+[[credit]]
+name = "pause-quart"
+groups = ["*"]
+services = ["blogtest"]
+minutes = 0.2
+per = "1h"
+`)
+	exRequireFrontEnds(t, in)
+	alice, bob := d.login(t, "alice"), d.login(t, "bob")
+	video := "http://www.video.test:" + s.httpPort + "/"
+	blog := "http://www.blog.test:" + s.httpPort + "/"
+
+	// Alice signs in on 127.0.0.2 (a page whose verdict depends on who
+	// asks), which binds the address to her.
+	if r := d.curl(t, in, "127.0.0.2", &alice, video); r.Code != http.StatusForbidden {
+		t.Fatalf("alice on 127.0.0.2: %v", r)
+	}
+	r := d.curl(t, in, "127.0.0.2", &alice, blog)
+	m := exTokenRE.FindStringSubmatch(r.Body)
+	if r.Code != http.StatusForbidden || m == nil || !strings.Contains(r.Body, "Votre crédit de pause") || !strings.Contains(r.Body, "Commencer ma pause") {
+		t.Fatalf("alice's block page on 127.0.0.2: %v\nwant « Votre crédit de pause » (the person's)", r)
+	}
+	r = d.curl(t, in, "127.0.0.2", nil, blog+".balise/break/start", "--data-urlencode", "credit=pause-quart",
+		"--data-urlencode", "service=blogtest", "--data-urlencode", "token="+html.UnescapeString(m[1]), "--data-urlencode", "lang=fr")
+	if r.Code != http.StatusOK || !strings.Contains(r.Body, "Votre pause est commencée") {
+		t.Fatalf("start: %v", r)
+	}
+	start := time.Now()
+	// On another workstation, once she authenticates there.
+	idEventually(t, 5*time.Second, "alice on 127.0.0.3 during her break", func() error {
+		r := d.curlAfter(t, in, "127.0.0.3", &alice, video, blog)
+		if r.Code != http.StatusOK || !idHello(r.Body, "www.blog.test") {
+			return fmt.Errorf("%v", r)
+		}
+		return nil
+	})
+	if a, rc := idDig(t, in, "127.0.0.3", "www.blog.test"); rc != "NOERROR" || len(a) == 0 {
+		t.Errorf("DNS from 127.0.0.3, where alice authenticated: %s %v, want her break to resolve it", rc, a)
+	}
+	if r := d.curlAfter(t, in, "127.0.0.5", &bob, video, blog); r.Code != http.StatusForbidden || !strings.Contains(r.Body, `class="break-left">12 s<`) {
+		t.Errorf("bob on 127.0.0.5: %v\nwant 403 with his own whole credit", r)
+	}
+	// The minutes run out: no fresh credit on the new workstation.
+	time.Sleep(time.Until(start.Add(creditBreak + time.Second)))
+	idEventually(t, 5*time.Second, "alice on 127.0.0.3 after her break", func() error {
+		r := d.curl(t, in, "127.0.0.3", &alice, blog)
+		if r.Code != http.StatusForbidden || !strings.Contains(r.Body, "Crédit épuisé") || !strings.Contains(r.Body, "Votre crédit de pause") {
+			return fmt.Errorf("%v", r)
+		}
+		return nil
+	})
+}
