@@ -172,7 +172,15 @@ func (m *exceptionsRunner) apply(grants []policy.Grant) {
 	m.mu.Unlock()
 	if !same {
 		m.rt.SetGrants(grants)
-		m.rt.log.Info("exception grants updated", "grants", len(grants))
+		breaks := 0
+		for _, g := range grants {
+			if g.Credit != "" {
+				breaks++
+			}
+		}
+		// Breaks in progress travel with the grants (policy.Grant.Credit);
+		// only their number is logged, never whose they are.
+		m.rt.log.Info("exception grants updated", "grants", len(grants)-breaks, "breaks", breaks)
 	}
 }
 
