@@ -55,6 +55,7 @@ type credits struct {
 	plans    func() []CreditPlan
 	last     []span // breaks in progress as last read (fail static)
 	counted  int64  // breaks ending up to this instant are counted
+	purged   int64  // instant of the last purge
 	started  *prometheus.CounterVec
 	used     *prometheus.CounterVec
 	metricOK bool
@@ -193,7 +194,7 @@ func (r *Register) StartBreak(ctx context.Context, subject string, plan CreditPl
 		if err := c.insert(s); err != nil {
 			return err
 		}
-		started = true
+		started, c.notify = true, true
 		st = state(subject, plan, append(spans, s), now)
 		return nil
 	})
@@ -223,6 +224,7 @@ func (r *Register) EndBreak(ctx context.Context, subject, credit string, now tim
 		var err error
 		n, err = c.exec("UPDATE credit_spent SET end_ns = ? WHERE subject = ? AND credit = ? AND start_ns <= ? AND end_ns > ?",
 			ns(now), subject, credit, ns(now), ns(now))
+		c.notify = n > 0
 		return err
 	})
 	if n > 0 {
@@ -273,18 +275,19 @@ func (r *Register) refreshBreaks(ctx context.Context, grants []policy.Grant, now
 }
 
 // creditHousekeeping counts the seconds of breaks that ended since the
-// last call and deletes spans older than their credit's window (those of
-// credits no longer configured once ended).
+// last call (a read) and, at most once a minute, deletes spans older than
+// their credit's window (those of credits no longer configured once
+// ended).
 func (r *Register) creditHousekeeping(ctx context.Context, cs creditStore, plans []CreditPlan, now time.Time) {
 	c := &r.credit
 	u := ns(now)
 	c.mu.Lock()
-	since := c.counted
+	since, purged := c.counted, c.purged
 	c.mu.Unlock()
 	if since == 0 {
 		since = u // nothing before this process is counted
 	}
-	err := cs.creditTx(ctx, true, func(t *creditRunner) error {
+	err := cs.creditTx(ctx, false, func(t *creditRunner) error {
 		ended, err := t.spans("end_ns > ? AND end_ns <= ?", since, u)
 		if err != nil {
 			return err
@@ -297,20 +300,30 @@ func (r *Register) creditHousekeeping(ctx context.Context, cs creditStore, plans
 		}
 		c.counted = u
 		c.mu.Unlock()
-		names := make([]any, 0, len(plans)+1)
-		for _, p := range plans {
-			if _, err := t.exec("DELETE FROM credit_spent WHERE credit = ? AND end_ns <= ?", p.Name, ns(now.Add(-p.Per))); err != nil {
-				return err
-			}
-			names = append(names, p.Name)
-		}
-		q := "DELETE FROM credit_spent WHERE end_ns <= ?"
-		if len(names) > 0 {
-			q += " AND credit NOT IN (" + strings.TrimSuffix(strings.Repeat("?, ", len(names)), ", ") + ")"
-		}
-		_, err = t.exec(q, append([]any{u}, names...)...)
-		return err
+		return nil
 	})
+	if err == nil && u-purged >= int64(time.Minute) {
+		err = cs.creditTx(ctx, true, func(t *creditRunner) error {
+			names := make([]any, 0, len(plans)+1)
+			for _, p := range plans {
+				if _, err := t.exec("DELETE FROM credit_spent WHERE credit = ? AND end_ns <= ?", p.Name, ns(now.Add(-p.Per))); err != nil {
+					return err
+				}
+				names = append(names, p.Name)
+			}
+			q := "DELETE FROM credit_spent WHERE end_ns <= ?"
+			if len(names) > 0 {
+				q += " AND credit NOT IN (" + strings.TrimSuffix(strings.Repeat("?, ", len(names)), ", ") + ")"
+			}
+			_, err := t.exec(q, append([]any{u}, names...)...)
+			return err
+		})
+		if err == nil {
+			c.mu.Lock()
+			c.purged = u
+			c.mu.Unlock()
+		}
+	}
 	if err != nil {
 		r.opt.Logger.Error("break credit housekeeping failed", "error", err)
 	}

@@ -37,7 +37,10 @@ type span struct {
 // creditRunner runs the credit table's statements in one transaction of
 // either database; statements are written with "?" placeholders.
 type creditRunner struct {
-	exec  func(q string, args ...any) (int64, error)
+	// notify is set by a change the other nodes must see at once (a
+	// break started or ended): PostgreSQL rings their doorbell at commit.
+	notify bool
+	exec   func(q string, args ...any) (int64, error)
 	query func(q string, args []any, row func(scan func(dest ...any) error) error) error
 }
 
@@ -148,8 +151,9 @@ func rebind(q string) string {
 }
 
 // PostgreSQL: a write takes the Update lock (so writers of every node
-// queue as for requests) and rings the other nodes' doorbell at commit,
-// so that a break reaches every front-end at once.
+// queue as for requests) and, when the runner's notify is set, rings the
+// other nodes' doorbell at commit, so that a break reaches every
+// front-end at once.
 func (s *PGStore) creditTx(ctx context.Context, write bool, fn func(*creditRunner) error) error {
 	if write && s.readOnly {
 		return errors.New("exceptions store: opened read-only")
@@ -193,8 +197,10 @@ func (s *PGStore) creditTx(ctx context.Context, write bool, fn func(*creditRunne
 	if !write {
 		return nil
 	}
-	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, (SELECT version::text FROM change_version))`, changeChannel); err != nil {
-		return pgErr(err)
+	if r.notify {
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, (SELECT version::text FROM change_version))`, changeChannel); err != nil {
+			return pgErr(err)
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("exceptions store: commit: %w", pgErr(err))

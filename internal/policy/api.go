@@ -228,7 +228,8 @@ type Grant struct {
 	NotBefore, NotAfter time.Time
 	// Credit is set on a break in progress: the name of the [[credit]]
 	// the client spends. Such a grant decides after the other grants and
-	// before the rules, with ReasonCredit (see credit.go).
+	// before the rules, with ReasonCredit (see credit.go). A break names
+	// its services: "*" in Services is ignored.
 	Credit string
 }
 

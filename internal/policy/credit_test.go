@@ -39,6 +39,12 @@ func TestDecideBreaks(t *testing.T) {
 		// A grant for the same client wins over its break.
 		{ID: "g1", Subject: pfx("10.1.2.5/32"), Services: []string{"facebook"}, NotBefore: tue("15:10:00"), NotAfter: tue("16:00:00")},
 		{ID: "credit:pause", Credit: "pause", Subject: pfx("10.1.2.5/32"), Services: fbSvc, NotBefore: tue("15:00:00"), NotAfter: tue("15:30:00")},
+		// A subject other than a /32 or a /64 (not made by the register)
+		// still applies.
+		{ID: "credit:pause", Credit: "pause", Subject: pfx("10.3.0.0/16"), Services: fbSvc, NotBefore: tue("15:00:00"), NotAfter: tue("15:30:00")},
+		// Two breaks of one workstation: the one lasting longest decides.
+		{ID: "credit:a", Credit: "a", Subject: pfx("10.1.2.6/32"), Services: fbSvc, NotBefore: tue("15:00:00"), NotAfter: tue("15:20:00")},
+		{ID: "credit:b", Credit: "b", Subject: pfx("10.1.2.6/32"), Services: []string{"facebook"}, NotBefore: tue("15:00:00"), NotAfter: tue("15:40:00")},
 	})
 	fb := func(c netip.Addr, tm time.Time) Query { return Query{Host: "www.facebook.com", Client: c, Time: tm} }
 	runCredit(t, p, []decideCase{
@@ -54,10 +60,13 @@ func TestDecideBreaks(t *testing.T) {
 		{"break before rules, ending after the window", fb(netip.MustParseAddr("10.1.2.4"), tue("12:40:00")), creditDecision("facebook", "networking", "pause", tue("13:10:00"))},
 		{"break ended, window ended", fb(netip.MustParseAddr("10.1.2.4"), tue("13:10:00")), blocked("facebook", "networking", wed("10:00:00"))},
 		{"break until a grant starts", fb(netip.MustParseAddr("10.1.2.5"), tue("15:05:00")), creditDecision("facebook", "networking", "pause", tue("15:10:00"))},
+		{"a wider subject", fb(netip.MustParseAddr("10.3.4.5"), tue("15:10:00")), creditDecision("facebook", "networking", "pause", tue("15:30:00"))},
+		{"the longest break", fb(netip.MustParseAddr("10.1.2.6"), tue("15:10:00")), creditDecision("facebook", "networking", "b", tue("15:40:00"))},
+		{"the break covering the service", Query{Host: "x.com", Client: netip.MustParseAddr("10.1.2.6"), Time: tue("15:10:00")}, creditDecision("x", "microblogging", "a", tue("15:20:00"))},
 		{"grant before break", fb(netip.MustParseAddr("10.1.2.5"), tue("15:20:00")), Decision{Verdict: Allow, Reason: ReasonGrant, Grant: "g1", Service: "facebook", Category: "networking", Until: tue("16:00:00")}},
 	})
-	if n := len(p.Grants()); n != 6 {
-		t.Errorf("len(Grants()) = %d, want 6 (breaks included)", n)
+	if n := len(p.Grants()); n != 9 {
+		t.Errorf("len(Grants()) = %d, want 9 (breaks included)", n)
 	}
 	spec := testSpec(t)
 	spec.Groups = slices.DeleteFunc(spec.Groups, func(g Group) bool { return g.Name == "autorises" })
@@ -104,6 +113,31 @@ func TestDecideBreakDST(t *testing.T) {
 			}
 			if d := p.Decide(Query{Host: "facebook.com", Client: staff, Time: end}); d.Verdict != Block {
 				t.Errorf("at the end: %v, want block", d)
+			}
+		})
+	}
+}
+
+// BenchmarkDecideBreaks measures decisions with 1,000 breaks in progress
+// (one per workstation) for a client on a break and one without.
+func BenchmarkDecideBreaks(b *testing.B) {
+	base := mustNew(b, testSpec(b))
+	now := at(b, "2026-11-17 15:00:00")
+	gs := make([]Grant, 1000)
+	for i := range gs {
+		gs[i] = Grant{ID: "credit:pause", Credit: "pause", Subject: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 9, byte(i >> 8), byte(i)}), 32),
+			Services: []string{"facebook", "x"}, NotBefore: now, NotAfter: now.Add(30 * time.Minute)}
+	}
+	p := base.WithGrants(gs)
+	for _, c := range []struct {
+		name   string
+		client netip.Addr
+	}{{"on-break", netip.AddrFrom4([4]byte{10, 9, 3, 231})}, {"no-break", staff}} {
+		b.Run(c.name, func(b *testing.B) {
+			q := Query{Host: "www.facebook.com", Client: c.client, Time: now.Add(time.Minute)}
+			b.ReportAllocs()
+			for b.Loop() {
+				p.Decide(q)
 			}
 		})
 	}

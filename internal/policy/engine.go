@@ -9,9 +9,10 @@ import (
 // Policy is a compiled policy. The zero value is not usable; see New.
 // A Policy is immutable and safe for concurrent use.
 type Policy struct {
-	c *compiled
-	g *grantIndex
-	b *grantIndex // breaks in progress (grants with Credit set)
+	c  *compiled
+	g  *grantIndex
+	b  *grantIndex // breaks in progress (grants with Credit set)
+	bx *breakIndex // b by subject
 }
 
 // WithGrants returns a policy identical to p whose grant snapshot is g. It
@@ -21,7 +22,8 @@ type Policy struct {
 // Grants with Credit set are breaks in progress (see credit.go).
 func (p *Policy) WithGrants(g []Grant) *Policy {
 	grants, breaks := splitBreaks(g)
-	return &Policy{c: p.c, g: p.c.indexGrants(grants), b: p.c.indexGrants(breaks)}
+	b := p.c.indexGrants(breaks)
+	return &Policy{c: p.c, g: p.c.indexGrants(grants), b: b, bx: p.c.indexBreaks(b)}
 }
 
 // Grants returns the grant snapshot, breaks in progress included (do not
