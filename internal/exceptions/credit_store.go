@@ -41,7 +41,7 @@ type creditRunner struct {
 	// break started or ended): PostgreSQL rings their doorbell at commit.
 	notify bool
 	exec   func(q string, args ...any) (int64, error)
-	query func(q string, args []any, row func(scan func(dest ...any) error) error) error
+	query  func(q string, args []any, row func(scan func(dest ...any) error) error) error
 }
 
 // creditStore is a store that keeps break credit (SQLiteStore, PGStore).
