@@ -61,6 +61,9 @@ type Config struct {
 	Schedules []Schedule
 	Lists     []List
 	Rules     []Rule
+	// Credits are the [[credit]] tables: break minutes employees spend
+	// themselves (see Credit).
+	Credits []Credit
 
 	// cat is the service catalog the configuration was read against (nil:
 	// the embedded one); see LoadWith.

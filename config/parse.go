@@ -148,6 +148,7 @@ func (p *parser) parse() *Config {
 	c.Schedules = p.schedules(root.tables("schedule"))
 	c.Lists = p.lists(root.tables("list"))
 	c.Rules = p.rules(root.tables("rule"), c)
+	c.Credits = p.credits(root.tables("credit"), c)
 	root.finish()
 	if len(p.problems) == 0 {
 		p.checkDangers(c)

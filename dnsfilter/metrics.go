@@ -106,7 +106,7 @@ func newMetrics(cacheLen, tcpConns func() int) *metrics {
 		}
 		for r := range numPolicyReasons {
 			add(verdictAllow, r)
-			if policy.Reason(r) != policy.ReasonUnlisted && policy.Reason(r) != policy.ReasonAllowList && policy.Reason(r) != policy.ReasonGrant {
+			if policy.Reason(r) != policy.ReasonUnlisted && policy.Reason(r) != policy.ReasonAllowList && policy.Reason(r) != policy.ReasonGrant && policy.Reason(r) != policy.ReasonCredit {
 				add(verdictBlock, r)
 			}
 		}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"html/template"
 	"net"
@@ -157,10 +158,17 @@ th,td{border:1px solid #d7dde3;padding:.4rem .6rem;text-align:left;vertical-alig
 <tr><th>Service</th><th>Catégorie / Category</th><th>Maintenant / Now</th><th>Prochaine ouverture / Next opening</th></tr>
 {{range .Rows}}<tr><td>{{.Name}}</td><td>{{.Category}}</td><td class="{{.Class}}">{{.Now}}</td><td>{{.Next}}{{if .Ask}} <a href="{{.Ask}}">Demander une exception / Request an exception</a>{{end}}</td></tr>
 {{end}}</table>
+{{if .Credit}}<section id="pause">{{.Credit}}</section>{{end}}
 {{if .Form}}<section id="demande">{{.Form}}</section>{{end}}
 <p class="small">Balise</p>
 </main></body></html>
 `))
+
+// creditPanel is the register's break-credit list on the portal (an
+// Exceptions that has one): the credit next to the scheduled windows.
+type creditPanel interface {
+	CreditPanel(ctx context.Context, client netip.Addr, lang string) template.HTML
+}
 
 type portalRow struct {
 	Name, Category, Class, Now, Next string
@@ -185,10 +193,13 @@ func (p *Proxy) portalPage(client netip.Addr, now time.Time, acceptLanguage, ask
 	data := struct {
 		Lang, Institution, Client, Now, NextBreakFR, NextBreakEN string
 		Rows                                                     []portalRow
-		Form                                                     template.HTML
+		Form, Credit                                             template.HTML
 	}{Lang: "fr", Institution: p.cfg().Institution, Client: client.String()}
 	if preferEnglish(acceptLanguage) {
 		data.Lang = "en"
+	}
+	if cp, ok := p.opts.Exceptions.(creditPanel); ok {
+		data.Credit = cp.CreditPanel(context.Background(), client, data.Lang)
 	}
 	loc := pol.Location()
 	data.Now = now.In(loc).Format("2006-01-02 15:04")

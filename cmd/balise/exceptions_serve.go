@@ -84,9 +84,17 @@ func startExceptions(ctx context.Context, rt *runtime) error {
 		reg.Close()
 		return fmt.Errorf("exceptions: CSRF key: %w", err)
 	}
+	cw := creditWiring{rt: rt}
+	if err := reg.SetCredits(cw.plans, rt.reg); err != nil {
+		reg.Close()
+		return err
+	}
 	web, err := exceptions.NewWeb(exceptions.WebOptions{
-		Register: reg,
-		Tokens:   exceptions.NewTokens(key, 0),
+		Credits:   cw.covering,
+		CreditsOf: cw.of,
+		UserOf:    cw.userOf,
+		Register:  reg,
+		Tokens:    exceptions.NewTokens(key, 0),
 		ServiceName: func(id string) string {
 			if s, ok := rt.policy.Load().LookupService(id); ok && s.Name != "" {
 				return s.Name
@@ -164,7 +172,15 @@ func (m *exceptionsRunner) apply(grants []policy.Grant) {
 	m.mu.Unlock()
 	if !same {
 		m.rt.SetGrants(grants)
-		m.rt.log.Info("exception grants updated", "grants", len(grants))
+		breaks := 0
+		for _, g := range grants {
+			if g.Credit != "" {
+				breaks++
+			}
+		}
+		// Breaks in progress travel with the grants (policy.Grant.Credit);
+		// only their number is logged, never whose they are.
+		m.rt.log.Info("exception grants updated", "grants", len(grants)-breaks, "breaks", breaks)
 	}
 }
 

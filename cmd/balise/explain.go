@@ -49,6 +49,9 @@ type explainResult struct {
 	// and its name ("" when none did; report rules never decide).
 	Would     string `json:"would"`
 	WouldRule string `json:"would_rule"`
+	// Credit is the [[credit]] whose break in progress allowed ("" when
+	// none).
+	Credit string `json:"credit"`
 	// Host is the normalized host name; Input the host as given.
 	Host  string `json:"host"`
 	Input string `json:"input"`
@@ -113,6 +116,7 @@ func explain(cfg *config.Config, p *policy.Policy, in explainInput) (explainResu
 		Rule:            d.Rule,
 		Reason:          d.Reason.String(),
 		Grant:           d.Grant,
+		Credit:          d.Credit,
 		Host:            host,
 		Input:           in.Host,
 		IP:              d.IP,
@@ -201,6 +205,9 @@ func (r explainResult) writeText(w io.Writer) {
 	if r.Grant != "" {
 		fmt.Fprintf(w, "grant     %s\n", r.Grant)
 	}
+	if r.Credit != "" {
+		fmt.Fprintf(w, "credit    %s (a break in progress, until %s)\n", r.Credit, r.Until)
+	}
 	switch r.Grants {
 	case "register":
 		fmt.Fprintf(w, "grants    %d live in the exceptions register\n", r.LiveGrants)
@@ -231,6 +238,8 @@ func reasonText(d policy.Decision) string {
 		return fmt.Sprintf("no rule matches; default_action is %s", d.Verdict)
 	case policy.ReasonGrant:
 		return fmt.Sprintf("exception grant %s allows it", d.Grant)
+	case policy.ReasonCredit:
+		return fmt.Sprintf("a break in progress on credit %q allows it", d.Credit)
 	case policy.ReasonCanary:
 		return "a browser or operating-system canary name (block_canaries)"
 	case policy.ReasonAllowList:
@@ -255,7 +264,12 @@ func liveGrants(ex *config.ExceptionsSection, at time.Time) ([]policy.Grant, err
 		return nil, err
 	}
 	defer st.Close()
-	return exceptions.StoreGrants(ctx, st, at)
+	g, err := exceptions.StoreGrants(ctx, st, at)
+	if err != nil {
+		return nil, err
+	}
+	b, err := exceptions.StoreBreaks(ctx, st, at)
+	return append(g, b...), err
 }
 
 // runExplain runs `balise explain`.

@@ -158,6 +158,7 @@ func (r *Register) Refresh(ctx context.Context, now time.Time) ([]policy.Grant, 
 	}
 	grants, st := r.snapshot(now)
 	r.metrics.observe(st, now)
+	grants = r.refreshBreaks(ctx, grants, now)
 	if expireErr != nil {
 		return grants, st, fmt.Errorf("recording expired grants: %w", expireErr)
 	}
@@ -224,7 +225,7 @@ func (r *Register) Grants(now time.Time) []policy.Grant {
 		return nil
 	}
 	g, _ := r.snapshot(now)
-	return g
+	return r.withBreaks(g, now)
 }
 
 // FollowOptions configures Follow.
@@ -307,6 +308,7 @@ func (r *Register) Follow(ctx context.Context, opt FollowOptions) {
 			t.Stop()
 			return
 		case <-bell:
+		case <-r.credit.kick: // a break started or ended here
 		case <-t.C:
 		}
 		t.Stop()
@@ -329,7 +331,7 @@ func (r *Register) head(ctx context.Context) (Head, error) {
 
 // EqualGrant reports whether two grants are the same.
 func EqualGrant(a, b policy.Grant) bool {
-	return a.ID == b.ID && a.Subject == b.Subject && a.User == b.User && slices.Equal(a.Services, b.Services) &&
+	return a.ID == b.ID && a.Credit == b.Credit && a.Subject == b.Subject && a.User == b.User && slices.Equal(a.Services, b.Services) &&
 		a.NotBefore.Equal(b.NotBefore) && a.NotAfter.Equal(b.NotAfter)
 }
 

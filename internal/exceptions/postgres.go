@@ -94,6 +94,10 @@ var pgMigrations = []string{
 	);
 	CREATE INDEX identity_bindings_version ON identity_bindings (version);
 	CREATE INDEX identity_bindings_at ON identity_bindings (at_ns);`,
+	// 3: break credit spent, kept only for the credit's window
+	// (credit_store.go); not shared through change versions: the
+	// register reads the breaks in progress at every refresh.
+	creditSchema,
 }
 
 // Advisory lock keys (one 64-bit space per database): the schema

@@ -75,6 +75,7 @@ type Register struct {
 	mu      sync.Mutex // serializes this process's appenders before the store lock
 	cache   cache      // open requests, for grants that survive a store outage
 	hooks   hooks      // functions told of new requests and decisions (OnChange)
+	credit  credits    // break credit (credit.go)
 }
 
 // Open returns a Register on opt.Store. It does not touch the audit log:
@@ -111,6 +112,7 @@ func Open(ctx context.Context, opt Options) (*Register, error) {
 		opt.ChainLogInterval = 10 * time.Minute
 	}
 	r := &Register{opt: opt, now: opt.Clock}
+	r.credit.kick = make(chan struct{}, 1)
 	if r.now == nil {
 		r.now = time.Now
 	}

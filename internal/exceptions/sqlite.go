@@ -51,6 +51,8 @@ var migrations = []string{
 	CREATE INDEX requests_client ON requests (client, created_ns);
 	CREATE INDEX requests_status ON requests (status, created_ns);
 	CREATE INDEX requests_created ON requests (created_ns);`,
+	// 2: break credit spent, kept only for the credit's window (credit_store.go).
+	creditSchema,
 }
 
 // SQLiteStore is the embedded Store: one SQLite file in WAL mode with

@@ -47,13 +47,27 @@ type WebOptions struct {
 	StatusBase string
 	// Location is the time zone of the status page's times. Nil: local.
 	Location *time.Location
+	// Credits returns the break credits ([[credit]]) that cover service
+	// for this client and user ("" when unknown), resolved against the
+	// policy in force. Nil: no break credit (no button on block pages).
+	Credits func(client netip.Addr, user, service string) []CreditPlan
+	// CreditsOf returns every credit of this client and user, for the
+	// portal. Nil: none.
+	CreditsOf func(client netip.Addr, user string) []CreditPlan
+	// UserOf returns the user bound to a client address ("" when none or
+	// when it is shared): the credit of a page shown without an
+	// authenticated connection is that person's. Nil: none.
+	UserOf func(client netip.Addr) string
+	// MaxBreakPostsPerMinute bounds the break posts of one client. Zero: 6.
+	MaxBreakPostsPerMinute int
 }
 
 // Web is the register's web side: the form embedded in block pages and the
 // handler of the reserved path. Its method set is what the proxy expects
 // (Form and http.Handler).
 type Web struct {
-	opt WebOptions
+	opt    WebOptions
+	limits postLimiter
 }
 
 // NewWeb returns the web side of a register.
@@ -73,7 +87,10 @@ func NewWeb(opt WebOptions) (*Web, error) {
 	if opt.Timeout <= 0 {
 		opt.Timeout = 15 * time.Second
 	}
-	return &Web{opt: opt}, nil
+	if opt.MaxBreakPostsPerMinute <= 0 {
+		opt.MaxBreakPostsPerMinute = 6
+	}
+	return &Web{opt: opt, limits: postLimiter{max: opt.MaxBreakPostsPerMinute}}, nil
 }
 
 type choice struct {
@@ -153,6 +170,7 @@ func (w *Web) Form(client netip.Addr, d policy.Decision, host string, lang strin
 	if name == "" {
 		name = w.opt.ServiceName(d.Service)
 	}
+	brk := w.breakOffer(client, d, name, host, lang)
 	if q, ok := w.opt.Register.PendingFor(client, d.Service); ok {
 		// A request is already waiting: say so rather than invite
 		// another one.
@@ -163,9 +181,9 @@ func (w *Web) Form(client netip.Addr, d policy.Decision, host string, lang strin
 		}
 		if err := pendingTmpl.Execute(&b, struct{ Lang, ID, ServiceName, Created string }{
 			lang, q.ID, name, q.Created.In(loc).Format("2006-01-02 15:04")}); err != nil {
-			return ""
+			return brk
 		}
-		return template.HTML(b.String())
+		return brk + template.HTML(b.String())
 	}
 	fd := formData{
 		Lang: lang, Service: d.Service, ServiceName: name, Host: host,
@@ -177,9 +195,9 @@ func (w *Web) Form(client netip.Addr, d policy.Decision, host string, lang strin
 	}
 	var b bytes.Buffer
 	if err := formTmpl.Execute(&b, fd); err != nil {
-		return ""
+		return brk
 	}
-	return template.HTML(b.String())
+	return brk + template.HTML(b.String())
 }
 
 // answer is the data of an answer page.
@@ -277,6 +295,10 @@ var formFields = map[string]bool{"service": true, "host": true, "token": true, "
 // the request path). r.RemoteAddr must be the client's address ("ip" or
 // "ip:port"), as the proxy sets it.
 func (w *Web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == BreakStartPath || r.URL.Path == BreakEndPath {
+		w.serveBreak(rw, r)
+		return
+	}
 	if len(r.URL.Path) > len(StatusPrefix) && r.URL.Path[:len(StatusPrefix)] == StatusPrefix {
 		w.serveStatus(rw, r)
 		return

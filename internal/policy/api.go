@@ -40,11 +40,14 @@ const (
 	// ReasonAllowList: the host is in a local allow list ([[list]] allow = true)
 	// or is a per-service exception of the catalog.
 	ReasonAllowList
+	// ReasonCredit: a break the client started on a [[credit]] allowed
+	// the host (see Grant.Credit).
+	ReasonCredit
 
 	numReasons
 )
 
-var reasonNames = [numReasons]string{"unlisted", "rule", "default", "grant", "canary", "allowlist"}
+var reasonNames = [numReasons]string{"unlisted", "rule", "default", "grant", "canary", "allowlist", "credit"}
 
 // String returns the reason's stable name, as used in logs, metrics and JSON.
 func (r Reason) String() string {
@@ -113,6 +116,9 @@ type Decision struct {
 	Rule string
 	// Grant is the id of the grant that allowed ("" unless Reason is ReasonGrant).
 	Grant string
+	// Credit is the name of the credit whose break allowed ("" unless
+	// Reason is ReasonCredit).
+	Credit string
 	// Until is the earliest instant at which the decision for this client
 	// and host could change (next edge of a relevant window, grant start or
 	// end), bounded by Spec.MaxUntil after Query.Time; always after
@@ -236,6 +242,11 @@ type Grant struct {
 	// [NotBefore, NotAfter). A zero NotBefore means "from the start"; a
 	// zero NotAfter makes the grant void (grants always end).
 	NotBefore, NotAfter time.Time
+	// Credit is set on a break in progress: the name of the [[credit]]
+	// the client spends. Such a grant decides after the other grants and
+	// before the rules, with ReasonCredit (see credit.go). A break names
+	// its services: "*" in Services is ignored.
+	Credit string
 }
 
 // Spec is everything the engine is compiled from. The config package

@@ -9,20 +9,31 @@ import (
 // Policy is a compiled policy. The zero value is not usable; see New.
 // A Policy is immutable and safe for concurrent use.
 type Policy struct {
-	c *compiled
-	g *grantIndex
+	c  *compiled
+	g  *grantIndex
+	b  *grantIndex // breaks in progress (grants with Credit set)
+	bx *breakIndex // b by subject
 }
 
 // WithGrants returns a policy identical to p whose grant snapshot is g. It
 // shares p's compiled matcher and does not recompile anything. Grants whose
 // services are unknown are ignored, as are grants with neither subject
 // nor user, and grants whose NotAfter is zero or not after NotBefore.
+// Grants with Credit set are breaks in progress (see credit.go).
 func (p *Policy) WithGrants(g []Grant) *Policy {
-	return &Policy{c: p.c, g: p.c.indexGrants(g)}
+	grants, breaks := splitBreaks(g)
+	b := p.c.indexGrants(breaks)
+	return &Policy{c: p.c, g: p.c.indexGrants(grants), b: b, bx: p.c.indexBreaks(b)}
 }
 
-// Grants returns the grant snapshot (do not modify it).
-func (p *Policy) Grants() []Grant { return p.g.src }
+// Grants returns the grant snapshot, breaks in progress included (do not
+// modify it).
+func (p *Policy) Grants() []Grant {
+	if p.b == nil || len(p.b.src) == 0 {
+		return p.g.src
+	}
+	return append(slices.Clip(p.g.src), p.b.src...)
+}
 
 // Location returns the zone the policy's windows are read in.
 func (p *Policy) Location() *time.Location { return p.c.loc }
@@ -97,6 +108,8 @@ func (p *Policy) GroupsOf(q Query) []string {
 //     ReasonUnlisted, without looking at rules or grants.
 //  5. an active grant for the client or user and the service: Allow,
 //     ReasonGrant. A grant for "*" does not reach BypassCategory.
+//     5b. a break in progress (a grant with Credit set) for the client or
+//     user and the service: Allow, ReasonCredit.
 //  6. the first rule that applies to the client's groups and the service
 //     and is inside one of its During windows: its action, ReasonRule.
 //     "*" does not reach BypassCategory. A rule in report mode that
@@ -161,6 +174,9 @@ func (p *Policy) Decide(q Query) (d Decision) {
 	if gi >= 0 {
 		d.Verdict, d.Reason, d.Grant = Allow, ReasonGrant, p.g.gs[gi].id
 		d.Until = q.Time.Add(time.Duration(until - u))
+		return d
+	}
+	if p.decideBreak(&d, s, bypass, client, q, u, &until) {
 		return d
 	}
 	limit = until

@@ -9,6 +9,7 @@ import (
 // cgrant is a compiled Grant.
 type cgrant struct {
 	id     string
+	credit string       // Grant.Credit
 	prefix netip.Prefix // invalid for user grants
 	user   string
 	nb, na int64 // [nb, na) in nanoseconds since the Unix epoch
@@ -38,7 +39,7 @@ func (c *compiled) indexGrants(src []Grant) *grantIndex {
 	}
 	gi.bySvc = make([][]int32, len(c.services))
 	for _, g := range gi.src {
-		cg := cgrant{id: g.ID, user: g.User, nb: instant(g.NotBefore), na: instant(g.NotAfter)}
+		cg := cgrant{id: g.ID, credit: g.Credit, user: g.User, nb: instant(g.NotBefore), na: instant(g.NotAfter)}
 		if g.NotBefore.IsZero() {
 			cg.nb = minInstant
 		}

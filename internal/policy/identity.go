@@ -24,7 +24,7 @@ func (p *Policy) IdentityMatters(host string, t time.Time) bool {
 	}
 	u := instant(t)
 	g := p.g
-	if len(g.userEnd) > svc && g.userEnd[svc] > u {
+	if len(g.userEnd) > svc && g.userEnd[svc] > u || p.breakUserActive(svc, u) {
 		return true
 	}
 	return !c.services[svc].bypass && g.userAnyEnd > u
