@@ -82,6 +82,8 @@ var knownMetrics = map[string]bool{
 	"balise_directory_cache_entries":               true,
 	"balise_identity_bound_addresses":              true,
 	"balise_identity_bindings_evicted_total":       true,
+	"balise_credit_breaks_started_total":           true,
+	"balise_credit_seconds_used_total":             true,
 	"balise_identity_shared_published_total":       true,
 	"balise_identity_shared_applied_total":         true,
 	"balise_identity_shared_dropped_total":         true,

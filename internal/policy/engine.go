@@ -79,16 +79,7 @@ func (p *Policy) Categories() []string { return slices.Clone(p.c.categories) }
 // GroupsOf returns the names of the groups the client of q belongs to (by
 // network, user or directory group), in definition order. For
 // explanations; Decide does not allocate it.
-func (p *Policy) GroupsOf(q Query) []string {
-	m := p.c.clientMask(q.Client.Unmap().WithZone(""), q.User, q.Groups)
-	var out []string
-	for i, name := range p.c.groupNames {
-		if m&(1<<i) != 0 {
-			out = append(out, name)
-		}
-	}
-	return out
-}
+func (p *Policy) GroupsOf(q Query) []string { return p.Groups(q).Names() }
 
 // Decide answers q. It never allocates for ASCII host names.
 //
