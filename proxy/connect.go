@@ -149,7 +149,7 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 			return nil, false
 		}
 		p.m.request(mode, kindConnect, d, -1)
-		return &tunnel{p: p, mode: mode, client: raw, clientAddr: client, who: w, hosts: hosts, replay: pre, until: earliestUntil(d)}, false
+		return &tunnel{p: p, mode: mode, client: raw, clientAddr: client, who: w, port: port, hosts: hosts, replay: pre, until: earliestUntil(d)}, false
 	}
 	hello, ch, ok := p.readHello(mode, raw, pre, client, dest)
 	if !ok {
@@ -202,7 +202,7 @@ func (p *Proxy) checkHello(mode int, raw net.Conn, pre []byte, client netip.Addr
 		return nil, false
 	}
 	p.m.request(mode, kindConnect, final, -1)
-	return &tunnel{p: p, mode: mode, client: raw, clientAddr: client, who: w, hosts: hosts, replay: hello, until: earliestUntil(d, final)}, false
+	return &tunnel{p: p, mode: mode, client: raw, clientAddr: client, who: w, port: port, hosts: hosts, replay: hello, until: earliestUntil(d, final)}, false
 }
 
 // readHello reads the first flight of a tunnel that must be TLS. When it

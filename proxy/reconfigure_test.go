@@ -115,6 +115,36 @@ func TestReconfigureDropsClientTunnels(t *testing.T) {
 	waitClosed(t, "tunnel of a client no longer allowed", tun, tun, 2*time.Second)
 }
 
+// TestReconfigureDropsPortTunnels: a CONNECT port removed from
+// connect_ports closes the tunnels open to it at the next re-decision,
+// and leaves the others.
+func TestReconfigureDropsPortTunnels(t *testing.T) {
+	_, roots, tlsPort := originTLS(t)
+	_, roots2, tlsPort2 := originTLS(t)
+	e := startEnv(t, testSpec(), func(o *Options) {
+		o.ConnectPorts = []uint16{mustPort(t, tlsPort), mustPort(t, tlsPort2)}
+	})
+	gone, code, err := tlsOverTunnel(t, e.addr, "127.0.0.2", "unlisted.test:"+tlsPort, "example.com", roots, false)
+	if err != nil || code != 200 {
+		t.Fatalf("tunnel = %d %v", code, err)
+	}
+	defer gone.Close()
+	kept, code, err := tlsOverTunnel(t, e.addr, "127.0.0.2", "unlisted.test:"+tlsPort2, "example.com", roots2, false)
+	if err != nil || code != 200 {
+		t.Fatalf("second tunnel = %d %v", code, err)
+	}
+	defer kept.Close()
+	o := e.p.cfg().Options
+	o.ConnectPorts = []uint16{mustPort(t, tlsPort2)}
+	if err := e.p.Reconfigure(o); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := e.p.Redecide(); n != 1 {
+		t.Errorf("Redecide closed %d tunnels, want 1 (the one to the removed port)", n)
+	}
+	waitClosed(t, "tunnel to a port no longer allowed", gone, gone, 2*time.Second)
+}
+
 // TestReconfigureInvalid keeps the running settings when the new ones are
 // invalid.
 func TestReconfigureInvalid(t *testing.T) {

@@ -320,12 +320,13 @@ func (p *Proxy) redecideTunnel(t *tunnel) {
 }
 
 // redecideTunnelWith closes t (cause "redecided") and reports true when s
-// no longer serves its client or pol blocks one of its listed hosts.
+// no longer serves its client, no longer allows its CONNECT port
+// (explicit tunnels), or pol blocks one of its listed hosts.
 func (p *Proxy) redecideTunnelWith(t *tunnel, pol *policy.Policy, now time.Time, s *settings) bool {
 	if t.closing.Load() {
 		return false
 	}
-	if !s.allows(t.clientAddr) {
+	if !s.allows(t.clientAddr) || t.mode == modeExplicit && t.port != 0 && !s.ports[t.port] {
 		t.close(causeRedecided)
 		return true
 	}

@@ -141,6 +141,7 @@ type tunnel struct {
 	origin     net.Conn
 	clientAddr netip.Addr
 	who        who       // the person it was decided for (empty: the address)
+	port       uint16    // the CONNECT port (explicit tunnels; 0 otherwise)
 	hosts      []string  // listed hosts the tunnel was decided on
 	replay     []byte    // client bytes already read, sent to the origin first
 	until      time.Time // when the decision must be checked again (zero: never)
