@@ -35,6 +35,11 @@ type interceptConn struct {
 	client netip.Addr
 	host   string
 	d      policy.Decision
+
+	// Under interceptor.mu: idle between requests; release set by
+	// redecide once the host is allowed, so that the connection closes
+	// when idle and the browser reconnects to the site itself.
+	idle, release bool
 }
 
 type interceptKey struct{}
@@ -55,7 +60,22 @@ func newInterceptor(p *Proxy) *interceptor {
 			return context.WithValue(ctx, interceptKey{}, info)
 		},
 		ConnState: func(c net.Conn, s http.ConnState) {
-			if s != http.StateClosed && s != http.StateHijacked {
+			switch s {
+			case http.StateIdle, http.StateActive:
+				ic.mu.Lock()
+				info := ic.conns[c]
+				closeNow := false
+				if info != nil {
+					info.idle = s == http.StateIdle
+					closeNow = info.idle && info.release
+				}
+				ic.mu.Unlock()
+				if closeNow {
+					c.Close()
+				}
+				return
+			case http.StateClosed, http.StateHijacked:
+			default:
 				return
 			}
 			ic.mu.Lock()
@@ -137,6 +157,35 @@ func (ic *interceptor) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodHead {
 		w.Write(body)
 	}
+}
+
+// redecide closes the block-page connections whose host pol now allows
+// the client (a grant approved, a break started, a window opened): at
+// once when idle, else after the answer in progress, so that the browser
+// reconnects and reaches the site instead of the block page. It returns
+// how many it released.
+func (ic *interceptor) redecide(pol *policy.Policy, now time.Time) int {
+	n := 0
+	var idle []net.Conn
+	ic.mu.Lock()
+	for c, info := range ic.conns {
+		if info.release {
+			continue
+		}
+		if d := pol.Decide(policy.Query{Host: info.host, Client: info.client, Time: now}); d.Verdict != policy.Allow {
+			continue
+		}
+		info.release = true
+		n++
+		if info.idle {
+			idle = append(idle, c)
+		}
+	}
+	ic.mu.Unlock()
+	for _, c := range idle {
+		c.Close()
+	}
+	return n
 }
 
 func (ic *interceptor) close() {

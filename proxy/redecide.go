@@ -305,6 +305,7 @@ func (p *Proxy) Redecide() (tunnels, conns int) {
 			conns++
 		}
 	}
+	conns += p.icept.redecide(pol, now)
 	if tunnels+conns > 0 {
 		p.opts.Logger.Info("connections closed after a policy change", "tunnels", tunnels, "connections", conns)
 	}

@@ -322,3 +322,40 @@ func TestRedecideTransparentHTTP(t *testing.T) {
 		t.Errorf("connections_redecided_total{transparent} = %v, want 3", got)
 	}
 }
+
+// TestRedecideReleasesBlockPage: a browser kept on an intercepted block
+// page (HTTPS, the institution's CA) is let go once a grant allows the
+// host, so that its next request reaches the site rather than the block
+// page; another client's block page stays.
+func TestRedecideReleasesBlockPage(t *testing.T) {
+	ca, roots := testCA(t)
+	base, err := policy.New(testSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startEnv(t, testSpec(), func(o *Options) { o.CA = ca })
+	granted, code, err := tlsOverTunnel(t, e.addr, "", "www.social.test:443", "www.social.test", roots, false)
+	if err != nil || code != 200 {
+		t.Fatalf("intercepted tunnel: %d %v", code, err)
+	}
+	defer granted.Close()
+	other, code, err := tlsOverTunnel(t, e.addr, "127.0.0.3", "www.social.test:443", "www.social.test", roots, false)
+	if err != nil || code != 200 {
+		t.Fatalf("second intercepted tunnel: %d %v", code, err)
+	}
+	defer other.Close()
+	for _, c := range []net.Conn{granted, other} {
+		if resp, _ := get(t, c, "www.social.test", "/", ""); resp.StatusCode != 403 {
+			t.Fatalf("block page = %d, want 403", resp.StatusCode)
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // both connections idle again
+	e.pol.Store(base.WithGrants(grantFor("127.0.0.1", "social")))
+	if _, n := e.p.Redecide(); n != 1 {
+		t.Errorf("Redecide released %d connections, want 1", n)
+	}
+	waitClosed(t, "block-page connection after the grant", granted, granted, 2*time.Second)
+	if resp, _ := get(t, other, "www.social.test", "/again", ""); resp.StatusCode != 403 {
+		t.Errorf("the other client's block page = %d, want 403 on the same connection", resp.StatusCode)
+	}
+}
