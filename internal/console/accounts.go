@@ -98,7 +98,7 @@ func readAccounts(path string) ([]account, error) {
 		}
 		f := strings.SplitN(line, ":", 3)
 		if len(f) != 3 || !validAccountName(f[0]) || (f[1] != RoleOfficer && f[1] != RoleAuditor) {
-			return nil, fmt.Errorf("%s:%d: want USER:officer|auditor:$argon2id$...", path, n)
+			return nil, fmt.Errorf("%s:%d: want USER:officer|auditor:HASH (an argon2id hash)", path, n)
 		}
 		out = append(out, account{f[0], f[1], f[2]})
 	}
@@ -142,10 +142,12 @@ func WriteAccount(path, user, role, password string) error {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err == nil {
-		if _, err = tmp.Write(b.Bytes()); err == nil {
-			err = tmp.Sync()
-		}
+	err = tmp.Chmod(0o600)
+	if err == nil {
+		_, err = tmp.Write(b.Bytes())
+	}
+	if err == nil {
+		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr

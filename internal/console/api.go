@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"strings"
 	"time"
 
@@ -309,10 +308,3 @@ func (c *Console) decide(w http.ResponseWriter, r *http.Request, s session) {
 	http.Redirect(w, r, "/requests/"+q.ID+"?done="+action, http.StatusSeeOther)
 }
 
-// clientString is an address for display ("" when invalid).
-func clientString(a netip.Addr) string {
-	if !a.IsValid() {
-		return ""
-	}
-	return a.String()
-}
