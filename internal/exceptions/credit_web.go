@@ -280,19 +280,7 @@ func (w *Web) serveBreak(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v.TitleFR, v.TitleEN = titleFR, titleEN
-	h := rw.Header()
-	h.Set("Content-Type", "text/html; charset=utf-8")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
-	var b bytes.Buffer
-	if err := breakAnswerTmpl.Execute(&b, v); err != nil {
-		http.Error(rw, "internal error", http.StatusInternalServerError)
-		return
-	}
-	rw.WriteHeader(http.StatusOK)
-	rw.Write(b.Bytes())
+	writePage(rw, http.StatusOK, breakAnswerTmpl, v)
 }
 
 // postLimiter bounds the break posts of each client per minute; it keeps

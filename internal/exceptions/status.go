@@ -1,7 +1,6 @@
 package exceptions
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -176,17 +175,6 @@ func (w *Web) serveStatus(rw http.ResponseWriter, r *http.Request) {
 			p.Decided = at(q.Grant.Revoked)
 		}
 	}
-	var b bytes.Buffer
-	if err := statusTmpl.Execute(&b, p); err != nil {
-		http.Error(rw, "internal error", http.StatusInternalServerError)
-		return
-	}
-	h := rw.Header()
-	h.Set("Content-Type", "text/html; charset=utf-8")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
-	h.Set("X-Robots-Tag", "noindex")
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
-	rw.Write(b.Bytes())
+	rw.Header().Set("X-Robots-Tag", "noindex")
+	writePage(rw, http.StatusOK, statusTmpl, p)
 }

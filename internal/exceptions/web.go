@@ -247,18 +247,25 @@ section{margin-bottom:2rem}.num{font-size:1.4rem;font-weight:bold;letter-spacing
 `))
 
 func (w *Web) write(rw http.ResponseWriter, a answer) {
+	writePage(rw, a.Status, answerTmpl, a)
+}
+
+// writePage renders one of the register's own pages (answers, break and
+// status pages): no caching, no sniffing, no referrer, nothing loaded
+// but inline styles, forms posted only to Balise itself.
+func writePage(rw http.ResponseWriter, status int, tmpl *template.Template, data any) {
+	var b bytes.Buffer
+	if err := tmpl.Execute(&b, data); err != nil {
+		http.Error(rw, "internal error", http.StatusInternalServerError)
+		return
+	}
 	h := rw.Header()
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
-	var b bytes.Buffer
-	if err := answerTmpl.Execute(&b, a); err != nil {
-		http.Error(rw, "internal error", http.StatusInternalServerError)
-		return
-	}
-	rw.WriteHeader(a.Status)
+	rw.WriteHeader(status)
 	rw.Write(b.Bytes())
 }
 
