@@ -11,8 +11,10 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/balise-net/balise/config"
+	"github.com/balise-net/balise/internal/directory"
 	"github.com/balise-net/balise/internal/exceptions"
 	"github.com/balise-net/balise/internal/identity"
 )
@@ -23,8 +25,9 @@ const identityUsage = `usage: balise identity reveal --config FILE --by NAME --r
 reveal turns a pseudonym of the proxy's decision lines (u-...) back into
 the user name it stands for, for an investigation. It recomputes the
 pseudonyms of the candidate names: the users of the exception register's
-requests and grants, the configuration's [[group]] users, and the names
-given with --candidate or in --candidates (one per line). Every reveal,
+requests and grants, the configuration's [[group]] users, every user of
+[directory], and the names given with --candidate or in --candidates (one
+per line). Every reveal,
 found or not, is recorded in the exception register's audit chain with
 NAME, TEXT and the pseudonym (never the name). Exit 0: found; 1: not found
 or an error; 2: usage.
@@ -43,9 +46,9 @@ func (s *stringsFlag) Set(v string) error {
 // identityCLI is one run of `balise identity reveal`.
 type identityCLI struct {
 	stdout, stderr io.Writer
-	// directory lists the directory's users as more candidates. Nil
-	// until the directory client can enumerate users; when set, reveal
-	// also tries every name it yields.
+	// directory lists the directory's users as more candidates
+	// (directoryUsers; tests may replace it). Reveal tries every name it
+	// yields.
 	directory func(ctx context.Context, cfg *config.Config, yield func(name string) bool) error
 }
 
@@ -55,7 +58,7 @@ func runIdentity(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, identityUsage)
 		return exitUsage
 	}
-	c := &identityCLI{stdout: stdout, stderr: stderr}
+	c := &identityCLI{stdout: stdout, stderr: stderr, directory: directoryUsers}
 	switch args[0] {
 	case "reveal":
 		return c.reveal(args[1:])
@@ -213,7 +216,8 @@ func (c *identityCLI) candidates(ctx context.Context, cfg *config.Config, reg *e
 			return true
 		})
 		if err != nil {
-			return nil, fmt.Errorf("directory: %v", err)
+			// The other candidates are still tried; say what was not.
+			fmt.Fprintf(c.stderr, "balise identity reveal: directory: %v (its users were not tried)\n", err)
 		}
 	}
 	seen := map[string]bool{}
@@ -237,4 +241,21 @@ func loadPseudonyms(cfg *config.Config) (*identity.Pseudonyms, error) {
 		return nil, fmt.Errorf("identity.key_file: %w", err)
 	}
 	return identity.NewPseudonyms(key, cfg.Identity.Log)
+}
+
+// directoryUsers yields every user of [directory] (none without one), so
+// that reveal finds anyone the directory knows, not only the names the
+// register and the configuration hold.
+func directoryUsers(ctx context.Context, cfg *config.Config, yield func(name string) bool) error {
+	if cfg.Directory == nil {
+		return nil
+	}
+	dir, err := directory.New(directoryConfig(cfg.Directory))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	ctx, cancel := context.WithTimeout(ctx, cfg.Directory.Timeout+time.Minute)
+	defer cancel()
+	return dir.Users(ctx, yield)
 }

@@ -454,3 +454,30 @@ func TestAuthenticate(t *testing.T) {
 		t.Errorf("Authenticate with the DC down = %v, want ErrUnavailable", err)
 	}
 }
+
+// TestUsers lists the directory's users (for identity reveal): every
+// user made by the fixture, by login name, groups not among them, and
+// stopping when asked.
+func TestUsers(t *testing.T) {
+	dc := fixture(t)
+	d := newDirectory(t, config(dc))
+	var names []string
+	if err := d.Users(context.Background(), func(n string) bool { names = append(names, strings.ToLower(n)); return true }); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"alice", "bob", "carol", "dave", "erin"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("Users lacks %s: %v", want, names)
+		}
+	}
+	for _, not := range []string{"nurses", "clinical"} {
+		if slices.Contains(names, not) {
+			t.Errorf("Users lists the group %s", not)
+		}
+	}
+	n := 0
+	d.Users(context.Background(), func(string) bool { n++; return n < 2 })
+	if n != 2 {
+		t.Errorf("yield called %d times after returning false at 2", n)
+	}
+}

@@ -310,3 +310,39 @@ func (d *Directory) Authenticate(ctx context.Context, user, password string) err
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 }
+
+// Users calls yield with the login name (UserAttribute) of every user
+// under BaseDN, read in pages of 500, until yield returns false. It is
+// for rare, deliberate uses — `balise identity reveal` recomputing
+// pseudonyms — never for decisions.
+func (d *Directory) Users(ctx context.Context, yield func(name string) bool) error {
+	filter := "(" + d.s.UserAttribute + "=*)"
+	if d.s.Kind == KindAD {
+		filter = "(&(objectClass=user)(objectCategory=person)" + filter + ")"
+	}
+	var names []string
+	err := d.withService(ctx, func(c *ldap.Conn) error {
+		req := ldap.NewSearchRequest(d.s.BaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
+			0, 0, false, filter, []string{d.s.UserAttribute}, nil)
+		res, err := c.SearchWithPaging(req, 500)
+		if err != nil {
+			return err
+		}
+		names = names[:0]
+		for _, e := range res.Entries {
+			if name := e.GetAttributeValue(d.s.UserAttribute); name != "" {
+				names = append(names, name)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if !yield(n) {
+			break
+		}
+	}
+	return nil
+}
