@@ -350,10 +350,14 @@ per = "1h"
 	if err != nil || left != "6 s" {
 		t.Fatalf("minutes left shown = %q, %v; want 6 s", left, err)
 	}
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(start)), chromedp.WaitVisible(chromedp.CSS("h1"))); err != nil {
+	// The answer page's sections sit directly in <body>; the block page's
+	// sit in <main>: waiting for the former cannot return on the page the
+	// click leaves.
+	answer := "body > section[lang=fr] > h1"
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(start)), chromedp.WaitVisible(chromedp.CSS(answer))); err != nil {
 		t.Fatal(err)
 	}
-	if h, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("h1"))); h != "Pause commencée" {
+	if h, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(answer))); h != "Pause commencée" {
 		t.Fatalf("after the click: %q, want « Pause commencée »", h)
 	}
 	deadline := time.Now().Add(3 * time.Second)
