@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/balise-net/balise/internal/identity"
 	"github.com/balise-net/balise/internal/policy"
 )
 
@@ -21,9 +22,9 @@ import (
 // challenged nor tied to a person, and costs nothing more.
 type Auth interface {
 	// Verify checks a Negotiate header value (Proxy-Authorization on the
-	// proxy, Authorization on the portal's sign-in) sent by client. It
-	// returns the user and the header value to send back ("" when none).
-	Verify(header string, client netip.Addr) (user, reply string, err error)
+	// proxy, Authorization on the portal's sign-in) sent by client: the
+	// user, the header value to send back, and when the ticket ends.
+	Verify(header string, client netip.Addr) (identity.Verified, error)
 	// Groups returns user's directory groups, waiting at most the
 	// directory's timeout; nil when none are known in time.
 	Groups(ctx context.Context, user string) []string
@@ -42,6 +43,9 @@ type Auth interface {
 type who struct {
 	user   string
 	groups []string
+	// expires is when the ticket that proved user ends (zero: never
+	// checked, e.g. a binding): past it the connection is asked again.
+	expires time.Time
 }
 
 // query is the engine's question for host from client as w.
@@ -87,7 +91,10 @@ func (p *Proxy) identify(r *http.Request, client netip.Addr, host string, pol *p
 	cc := connOf(r)
 	if cc != nil {
 		if w := cc.identity(); w.user != "" {
-			return pol.Decide(w.query(host, client, now)), w, false
+			if w.expires.IsZero() || time.Now().Before(w.expires) {
+				return pol.Decide(w.query(host, client, now)), w, false
+			}
+			cc.setIdentity(who{}) // the ticket ended: ask again
 		}
 	}
 	if !p.needsIdentity(s, pol, client, host, d, now) {
@@ -98,7 +105,7 @@ func (p *Proxy) identify(r *http.Request, client netip.Addr, host string, pol *p
 		p.m.auth[authChallenged].Inc()
 		return d, who{}, true
 	}
-	user, _, err := s.Auth.Verify(h, client)
+	v, err := s.Auth.Verify(h, client)
 	if err != nil {
 		p.m.auth[authFailed].Inc()
 		if ok, dropped := p.refusalLog.Allow(time.Now()); ok {
@@ -107,8 +114,8 @@ func (p *Proxy) identify(r *http.Request, client netip.Addr, host string, pol *p
 		return d, who{}, true
 	}
 	p.m.auth[authOK].Inc()
-	w := who{user: user, groups: s.Auth.Groups(r.Context(), user)}
-	s.Auth.Bind(client, user, now)
+	w := who{user: v.User, groups: s.Auth.Groups(r.Context(), v.User), expires: v.Expires}
+	s.Auth.Bind(client, v.User, now)
 	if cc != nil {
 		cc.setIdentity(w)
 	}

@@ -13,11 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/balise-net/balise/internal/identity"
 	"github.com/balise-net/balise/internal/policy"
 )
 
 // tokenAuth stands in for Kerberos in this package's tests: the header
-// "Negotiate ok:USER" verifies as USER, anything else fails. The real
+// "Negotiate ok:USER" verifies as USER with an hour-long ticket,
+// "Negotiate ending:USER" with a ticket ending in 200 ms, anything else
+// fails. The real
 // verifier (internal/negotiate) is exercised with a real domain
 // controller, curl and Chromium in tests/identity_test.go; here the
 // subject is the proxy's logic: when it asks, what it remembers, what it
@@ -29,14 +32,17 @@ type tokenAuth struct {
 	bound    map[netip.Addr]string
 }
 
-func (a *tokenAuth) Verify(h string, _ netip.Addr) (string, string, error) {
+func (a *tokenAuth) Verify(h string, _ netip.Addr) (identity.Verified, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.verifies++
 	if u, ok := strings.CutPrefix(h, "Negotiate ok:"); ok {
-		return u, "", nil
+		return identity.Verified{User: u, Expires: time.Now().Add(time.Hour)}, nil
 	}
-	return "", "", fmt.Errorf("bad token")
+	if u, ok := strings.CutPrefix(h, "Negotiate ending:"); ok { // a ticket about to end
+		return identity.Verified{User: u, Expires: time.Now().Add(200 * time.Millisecond)}, nil
+	}
+	return identity.Verified{}, fmt.Errorf("bad token")
 }
 
 func (a *tokenAuth) Groups(_ context.Context, user string) []string { return a.groups[user] }
@@ -221,5 +227,37 @@ func TestAuthRequestFormRecordsUser(t *testing.T) {
 	calls := ex.calls()
 	if len(calls) != 2 || !strings.HasSuffix(calls[0], " user=alice") || !strings.HasSuffix(calls[1], " user=alice") {
 		t.Errorf("register saw %q, want two requests from user alice", calls)
+	}
+}
+
+// TestAuthTicketEndAsksAgain: a connection authenticated with a ticket
+// that has since ended is challenged again, not trusted for ever.
+func TestAuthTicketEndAsksAgain(t *testing.T) {
+	_, port := originHTTP(t)
+	a := &tokenAuth{groups: map[string][]string{"alice": {"communications"}}, bound: map[netip.Addr]string{}}
+	e := startEnv(t, authSpec(), func(o *Options) {
+		o.Auth = a
+		o.AuthClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	})
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	url := "http://www.social.test:" + port + "/"
+	if code, _, _ := rawProxyGet(t, c, br, url, "", "Proxy-Authorization: Negotiate ending:alice\r\n"); code != 200 {
+		t.Fatalf("alice with a valid ticket: %d, want 200", code)
+	}
+	if code, _, _ := rawProxyGet(t, c, br, url, "", ""); code != 200 {
+		t.Fatalf("alice's connection before her ticket ends: %d, want 200", code)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if code, ch, _ := rawProxyGet(t, c, br, url, "Proxy-Authenticate", ""); code != http.StatusProxyAuthRequired || ch != "Negotiate" {
+		t.Fatalf("alice's connection after her ticket ended: %d %q, want 407 Negotiate", code, ch)
+	}
+	if code, _, _ := rawProxyGet(t, c, br, url, "", "Proxy-Authorization: Negotiate ok:alice\r\n"); code != 200 {
+		t.Fatalf("alice with a new ticket: %d, want 200", code)
 	}
 }

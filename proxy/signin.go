@@ -78,7 +78,7 @@ func (p *Proxy) serveSignIn(w http.ResponseWriter, r *http.Request, client netip
 			EN: "Your browser did not present your identity. Log on to this workstation with your institution account, then reload this page."})
 		return
 	}
-	user, reply, err := s.Auth.Verify(h, client)
+	v, err := s.Auth.Verify(h, client)
 	if err != nil {
 		p.m.auth[authFailed].Inc()
 		if ok, dropped := p.refusalLog.Allow(time.Now()); ok {
@@ -92,12 +92,12 @@ func (p *Proxy) serveSignIn(w http.ResponseWriter, r *http.Request, client netip
 		return
 	}
 	p.m.auth[authOK].Inc()
-	s.Auth.Bind(client, user, now)
+	s.Auth.Bind(client, v.User, now)
 	if cc := connOf(r); cc != nil {
-		cc.setIdentity(who{user: user, groups: s.Auth.Groups(r.Context(), user)})
+		cc.setIdentity(who{user: v.User, groups: s.Auth.Groups(r.Context(), v.User), expires: v.Expires})
 	}
-	if reply != "" {
-		w.Header().Set("WWW-Authenticate", reply)
+	if v.Reply != "" {
+		w.Header().Set("WWW-Authenticate", v.Reply)
 	}
 	p.writeSignIn(w, r, http.StatusOK, signInPage{
 		TitleFR: "Identification réussie", TitleEN: "Signed in",

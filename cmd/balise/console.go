@@ -51,8 +51,8 @@ func startConsole(ctx context.Context, rt *runtime) error {
 		// Single sign-on with the proxy's keytab: it must also hold the
 		// console's SPN (HTTP/<the console's name>).
 		opt.Negotiate = func(h string, c netip.Addr) (string, error) {
-			u, _, err := rt.identity.Verify(h, c)
-			return u, err
+			v, err := rt.identity.Verify(h, c)
+			return v.User, err
 		}
 	}
 	var closers []func()

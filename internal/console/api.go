@@ -307,4 +307,3 @@ func (c *Console) decide(w http.ResponseWriter, r *http.Request, s session) {
 	}
 	http.Redirect(w, r, "/requests/"+q.ID+"?done="+action, http.StatusSeeOther)
 }
-

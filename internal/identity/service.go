@@ -81,22 +81,32 @@ func (s *Service) ReloadKeytab() error {
 	return s.verifier.Reload()
 }
 
-// Verify checks an HTTP Negotiate header value sent by client and returns
-// the authenticated user (without realm) and the header value to send
-// back ("" when there is none). Failures are *negotiate.Error values,
-// whose Reason is a metric label.
-func (s *Service) Verify(header string, client netip.Addr) (user, reply string, err error) {
+// Verified is who a Negotiate header proved to be.
+type Verified struct {
+	// User is the authenticated user, without realm, in canonical form.
+	User string
+	// Reply is the header value to send back ("" when there is none).
+	Reply string
+	// Expires is when the client's ticket ends: an authenticated
+	// connection is asked again past it.
+	Expires time.Time
+}
+
+// Verify checks an HTTP Negotiate header value sent by client. Failures
+// are *negotiate.Error values, whose Reason is a metric label.
+func (s *Service) Verify(header string, client netip.Addr) (Verified, error) {
 	if s.verifier == nil {
-		return "", "", ErrNoAuthentication
+		return Verified{}, ErrNoAuthentication
 	}
 	r, err := s.verifier.Verify(header, client)
 	if err != nil {
-		return "", "", err
+		return Verified{}, err
 	}
+	v := Verified{User: Canonical(r.User), Expires: r.Expires}
 	if len(r.ResponseToken) > 0 {
-		reply = r.Header()
+		v.Reply = r.Header()
 	}
-	return Canonical(r.User), reply, nil
+	return v, nil
 }
 
 // Groups returns user's directory groups, waiting at most the directory's

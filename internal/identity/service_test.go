@@ -72,7 +72,7 @@ func TestServiceBoundLearnsGroups(t *testing.T) {
 	if _, _, ok := svc.Bound(netip.MustParseAddr("10.9.8.8"), now); ok {
 		t.Error("an address nobody authenticated from is bound")
 	}
-	if _, _, err := svc.Verify("Negotiate abc", addr); err != ErrNoAuthentication {
+	if _, err := svc.Verify("Negotiate abc", addr); err != ErrNoAuthentication {
 		t.Errorf("Verify without a verifier = %v, want ErrNoAuthentication", err)
 	}
 }
