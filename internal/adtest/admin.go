@@ -137,6 +137,16 @@ func (dc *DC) AddUser(name, password string) (string, error) {
 // SetPassword changes an account's password, as an administrator's reset
 // does; its key version number goes up by one.
 func (dc *DC) SetPassword(name, password string) error {
+	return dc.modify(name, "set password of "+name, func(_ *ldap.Conn, m *ldap.ModifyRequest) error {
+		m.Replace("unicodePwd", []string{unicodePwd(password)})
+		return nil
+	})
+}
+
+// modify applies one modification, built by edit, to the account or group
+// name (a sAMAccountName or a DN) over an administrator's connection;
+// what names the operation in errors.
+func (dc *DC) modify(name, what string, edit func(c *ldap.Conn, m *ldap.ModifyRequest) error) error {
 	c, err := dc.admin()
 	if err != nil {
 		return err
@@ -147,9 +157,11 @@ func (dc *DC) SetPassword(name, password string) error {
 		return err
 	}
 	m := ldap.NewModifyRequest(dn, nil)
-	m.Replace("unicodePwd", []string{unicodePwd(password)})
+	if err := edit(c, m); err != nil {
+		return err
+	}
 	if err := c.Modify(m); err != nil {
-		return fmt.Errorf("adtest: set password of %s: %w", name, err)
+		return fmt.Errorf("adtest: %s: %w", what, err)
 	}
 	return nil
 }
@@ -175,54 +187,32 @@ func (dc *DC) AddGroup(name string) (string, error) {
 // AddMembers adds users or groups (by sAMAccountName or DN) to group, so
 // that groups can be nested.
 func (dc *DC) AddMembers(group string, members ...string) error {
-	c, err := dc.admin()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	gdn, err := dc.resolve(c, group)
-	if err != nil {
-		return err
-	}
-	dns := make([]string, 0, len(members))
-	for _, m := range members {
-		dn, err := dc.resolve(c, m)
-		if err != nil {
-			return err
+	return dc.modify(group, "add members to "+group, func(c *ldap.Conn, m *ldap.ModifyRequest) error {
+		dns := make([]string, 0, len(members))
+		for _, name := range members {
+			dn, err := dc.resolve(c, name)
+			if err != nil {
+				return err
+			}
+			dns = append(dns, dn)
 		}
-		dns = append(dns, dn)
-	}
-	m := ldap.NewModifyRequest(gdn, nil)
-	m.Add("member", dns)
-	if err := c.Modify(m); err != nil {
-		return fmt.Errorf("adtest: add members to %s: %w", group, err)
-	}
-	return nil
+		m.Add("member", dns)
+		return nil
+	})
 }
 
 // RemoveMembers removes users or groups from group.
 func (dc *DC) RemoveMembers(group string, members ...string) error {
-	c, err := dc.admin()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	gdn, err := dc.resolve(c, group)
-	if err != nil {
-		return err
-	}
-	m := ldap.NewModifyRequest(gdn, nil)
-	for _, name := range members {
-		dn, err := dc.resolve(c, name)
-		if err != nil {
-			return err
+	return dc.modify(group, "remove members from "+group, func(c *ldap.Conn, m *ldap.ModifyRequest) error {
+		for _, name := range members {
+			dn, err := dc.resolve(c, name)
+			if err != nil {
+				return err
+			}
+			m.Delete("member", []string{dn})
 		}
-		m.Delete("member", []string{dn})
-	}
-	if err := c.Modify(m); err != nil {
-		return fmt.Errorf("adtest: remove members from %s: %w", group, err)
-	}
-	return nil
+		return nil
+	})
 }
 
 // resolve returns the DN of an account named by sAMAccountName, or name
@@ -246,22 +236,11 @@ func (dc *DC) resolve(c *ldap.Conn, name string) (string, error) {
 // principal name spn, such as "HTTP/proxy.balise.test", and restricts its
 // tickets to AES, as a well-kept service account is.
 func (dc *DC) AddSPN(account, spn string) error {
-	c, err := dc.admin()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	dn, err := dc.resolve(c, account)
-	if err != nil {
-		return err
-	}
-	m := ldap.NewModifyRequest(dn, nil)
-	m.Add("servicePrincipalName", []string{spn})
-	m.Replace("msDS-SupportedEncryptionTypes", []string{"24"}) // AES128 | AES256
-	if err := c.Modify(m); err != nil {
-		return fmt.Errorf("adtest: add SPN %s to %s: %w", spn, account, err)
-	}
-	return nil
+	return dc.modify(account, "add SPN "+spn+" to "+account, func(_ *ldap.Conn, m *ldap.ModifyRequest) error {
+		m.Add("servicePrincipalName", []string{spn})
+		m.Replace("msDS-SupportedEncryptionTypes", []string{"24"}) // AES128 | AES256
+		return nil
+	})
 }
 
 // ExportKeytab writes the keys of principal (an SPN or an account name)
