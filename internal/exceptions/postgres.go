@@ -515,26 +515,8 @@ func (t *pgTx) Request(id string) (Request, error) {
 }
 
 func (t *pgTx) Requests(f Filter) ([]Request, error) {
-	q := "SELECT " + pgRequestColumns + " FROM requests WHERE true"
-	var args []any
-	arg := func(v any) string {
-		args = append(args, v)
-		return "$" + strconv.Itoa(len(args))
-	}
-	if f.Status != "" {
-		q += " AND status = " + arg(string(f.Status))
-	}
-	if f.Client.IsValid() {
-		q += " AND client = " + arg(f.Client.String())
-	}
-	if !f.Since.IsZero() {
-		q += " AND created_ns >= " + arg(f.Since.UnixNano())
-	}
-	if !f.Before.IsZero() {
-		q += " AND created_ns < " + arg(f.Before.UnixNano())
-	}
-	q += " ORDER BY created_ns, id"
-	return t.queryRequests(q, args...)
+	where, args := filterClause(f, func(n int) string { return "$" + strconv.Itoa(n) })
+	return t.queryRequests("SELECT "+pgRequestColumns+" FROM requests WHERE true"+where+" ORDER BY created_ns, id", args...)
 }
 
 func (t *pgTx) queryRequests(q string, args ...any) ([]Request, error) {
@@ -543,15 +525,7 @@ func (t *pgTx) queryRequests(q string, args ...any) ([]Request, error) {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []Request
-	for rows.Next() {
-		r, err := scanRequest(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return collectRequests(rows)
 }
 
 // ChangeVersion returns the version of the last committed change.

@@ -176,6 +176,52 @@ const requestColumns = `id, created_ns, client, user, name, contact, services, h
 
 type scanner interface{ Scan(dest ...any) error }
 
+// requestRows are the rows of a request query, database/sql's and pgx's
+// alike.
+type requestRows interface {
+	scanner
+	Next() bool
+	Err() error
+}
+
+// collectRequests reads every request of rows; the caller closes them.
+func collectRequests(rows requestRows) ([]Request, error) {
+	var out []Request
+	for rows.Next() {
+		r, err := scanRequest(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// filterClause writes f as SQL conditions to append to a WHERE clause
+// ("" or " AND …"), with the n-th argument's placeholder from ph (n from
+// 1), and returns the arguments.
+func filterClause(f Filter, ph func(n int) string) (string, []any) {
+	var b strings.Builder
+	var args []any
+	cond := func(expr string, v any) {
+		args = append(args, v)
+		b.WriteString(" AND " + expr + " " + ph(len(args)))
+	}
+	if f.Status != "" {
+		cond("status =", string(f.Status))
+	}
+	if f.Client.IsValid() {
+		cond("client =", f.Client.String())
+	}
+	if !f.Since.IsZero() {
+		cond("created_ns >=", f.Since.UnixNano())
+	}
+	if !f.Before.IsZero() {
+		cond("created_ns <", f.Before.UnixNano())
+	}
+	return b.String(), args
+}
+
 func scanRequest(sc scanner) (Request, error) {
 	var (
 		r                            Request
@@ -251,39 +297,13 @@ func (t sqliteTx) Request(id string) (Request, error) {
 }
 
 func (t sqliteTx) Requests(f Filter) ([]Request, error) {
-	q := "SELECT " + requestColumns + " FROM requests WHERE 1=1"
-	var args []any
-	if f.Status != "" {
-		q += " AND status = ?"
-		args = append(args, string(f.Status))
-	}
-	if f.Client.IsValid() {
-		q += " AND client = ?"
-		args = append(args, f.Client.String())
-	}
-	if !f.Since.IsZero() {
-		q += " AND created_ns >= ?"
-		args = append(args, f.Since.UnixNano())
-	}
-	if !f.Before.IsZero() {
-		q += " AND created_ns < ?"
-		args = append(args, f.Before.UnixNano())
-	}
-	q += " ORDER BY created_ns, id"
-	rows, err := t.q.QueryContext(t.ctx, q, args...)
+	where, args := filterClause(f, func(int) string { return "?" })
+	rows, err := t.q.QueryContext(t.ctx, "SELECT "+requestColumns+" FROM requests WHERE 1=1"+where+" ORDER BY created_ns, id", args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []Request
-	for rows.Next() {
-		r, err := scanRequest(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return collectRequests(rows)
 }
 
 func (t sqliteTx) meta(key string) (string, error) {
