@@ -23,11 +23,37 @@ import (
 // It returns the port and the number of accepted connections.
 func rawOrigin(t *testing.T, answer func(n int) string) (string, *atomic.Int32) {
 	t.Helper()
+	var accepted atomic.Int32
+	_, port := acceptLoop(t, &accepted, 10*time.Second, func(_ int32, c net.Conn) {
+		br := bufio.NewReader(c)
+		for n := 1; ; n++ {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			a := answer(n)
+			if a == "" {
+				return
+			}
+			if _, err := io.WriteString(c, a); err != nil {
+				return
+			}
+		}
+	})
+	return port, &accepted
+}
+
+// acceptLoop listens on loopback and runs handle on each connection (n
+// counting them from 1 in accepted) with a deadline of within; the
+// listener and the open connections close, and the goroutines end,
+// when the test does.
+func acceptLoop(t *testing.T, accepted *atomic.Int32, within time.Duration, handle func(n int32, c net.Conn)) (net.Listener, string) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var accepted atomic.Int32
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var conns []net.Conn
@@ -48,7 +74,7 @@ func rawOrigin(t *testing.T, answer func(n int) string) (string, *atomic.Int32) 
 			if err != nil {
 				return
 			}
-			accepted.Add(1)
+			n := accepted.Add(1)
 			mu.Lock()
 			conns = append(conns, c)
 			mu.Unlock()
@@ -56,27 +82,13 @@ func rawOrigin(t *testing.T, answer func(n int) string) (string, *atomic.Int32) 
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				br := bufio.NewReader(c)
-				for n := 1; ; n++ {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					a := answer(n)
-					if a == "" {
-						return
-					}
-					if _, err := io.WriteString(c, a); err != nil {
-						return
-					}
-				}
+				c.SetDeadline(time.Now().Add(within))
+				handle(n, c)
 			}()
 		}
 	}()
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port, &accepted
+	return ln, port
 }
 
 func proxyGet(t *testing.T, client *http.Client, method, url string) (int, string, http.Header) {
@@ -334,45 +346,10 @@ type originSide struct {
 
 func startScriptOrigin(t *testing.T, serve func(o *originSide)) *scriptOrigin {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &scriptOrigin{t: t, ln: ln, serve: serve}
-	_, s.port, _ = net.SplitHostPort(ln.Addr().String())
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+	s := &scriptOrigin{t: t, serve: serve}
+	s.ln, s.port = acceptLoop(t, &s.accepted, 15*time.Second, func(n int32, c net.Conn) {
+		s.serve(&originSide{s: s, n: n, c: c, br: bufio.NewReader(c)})
 	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			n := s.accepted.Add(1)
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(15 * time.Second))
-				s.serve(&originSide{s: s, n: n, c: c, br: bufio.NewReader(c)})
-			}()
-		}
-	}()
 	return s
 }
 
