@@ -36,23 +36,10 @@ for tool in go dnsperf dnsmasq unbound; do
 	command -v "$tool" >/dev/null || { echo "run.sh: $tool is not installed" >&2; exit 2; }
 done
 
-ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
-WORK=$(mktemp -d /tmp/balise-dnsbench.XXXXXX)
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do
-		kill "$p" 2>/dev/null || true
-	done
-	for p in "${PIDS[@]}"; do
-		wait "$p" 2>/dev/null || true
-	done
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$(dirname "$0")/../lib.sh"
+bench_work dnsbench
 
 # Ports: chosen free by the kernel a moment before use.
-freeport() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 P_RESP=$(freeport); P_BALISE=$(freeport); P_METRICS=$(freeport); P_DNSMASQ=$(freeport); P_UNBOUND=$(freeport)
 
 echo "== building" >&2

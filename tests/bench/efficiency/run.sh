@@ -71,31 +71,12 @@ for tool in "${tools[@]}"; do
 	command -v "$tool" >/dev/null || { echo "run.sh: $tool is not installed" >&2; exit 2; }
 done
 
-ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
-WORK=$(mktemp -d /tmp/balise-efficiency.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do
-		kill "$p" 2>/dev/null || true
-	done
-	sleep 1
-	for p in "${PIDS[@]}"; do
-		kill -9 "$p" 2>/dev/null || true
-	done
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$(dirname "$0")/../lib.sh"
+bench_work efficiency
 trap 'echo "run.sh: line $LINENO failed: $BASH_COMMAND" >&2' ERR
 ulimit -n 65536 2>/dev/null || true
 LOAD_BEFORE=$(uptime)
 
-freeport() { # tcp|udp
-	python3 -c 'import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if sys.argv[1] == "tcp" else socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' "$1"
-}
 P_HTTP=$(freeport tcp) P_HTTPS=$(freeport tcp) P_SRC=$(freeport tcp)
 P_BALISE=$(freeport tcp) P_SQUID=$(freeport tcp) P_RELAY=$(freeport tcp) P_METRICS=$(freeport tcp)
 P_NAMES=$(freeport udp) P_UP=$(freeport udp) P_BDNS=$(freeport udp) P_UNBOUND=$(freeport udp) P_DNSMASQ=$(freeport udp)

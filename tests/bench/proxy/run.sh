@@ -19,22 +19,8 @@ ROUNDS=${ROUNDS:-3}
 CONC=${CONC:-32}
 IDLE=${IDLE:-10000}
 BYTES=${BYTES:-1073741824}
-ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
-WORK=$(mktemp -d /tmp/balise-bench.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-
-cleanup() {
-	for pid in "${PIDS[@]}"; do
-		kill "$pid" 2>/dev/null || true
-	done
-	sleep 1
-	for pid in "${PIDS[@]}"; do
-		kill -9 "$pid" 2>/dev/null || true
-	done
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/../lib.sh"
+bench_work bench
 
 for tool in go wrk squid tinyproxy; do
 	command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
