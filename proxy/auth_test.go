@@ -91,6 +91,18 @@ func rawProxyGet(t *testing.T, c net.Conn, br *bufio.Reader, url, header, extra 
 	return resp.StatusCode, resp.Header.Get(header), string(b)
 }
 
+// proxyConn opens a client connection to e's proxy with a 10 s deadline.
+func proxyConn(t *testing.T, e *env) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, bufio.NewReader(c)
+}
+
 func TestAuthChallengesOnlyWhenAPersonCouldChangeTheVerdict(t *testing.T) {
 	_, port := originHTTP(t)
 	a := &tokenAuth{groups: map[string][]string{"alice": {"CN=Communications,OU=Groups,DC=x"}}, bound: map[netip.Addr]string{}}
@@ -98,13 +110,7 @@ func TestAuthChallengesOnlyWhenAPersonCouldChangeTheVerdict(t *testing.T) {
 		o.Auth = a
 		o.AuthClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 	})
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(c)
+	c, br := proxyConn(t, e)
 
 	// Unlisted: never asked, not even with credentials sent.
 	if code, ch, _ := rawProxyGet(t, c, br, "http://plain.example:"+port+"/", "Proxy-Authenticate", ""); code != 200 || ch != "" {
@@ -144,10 +150,8 @@ func TestAuthChallengesOnlyWhenAPersonCouldChangeTheVerdict(t *testing.T) {
 	}
 
 	// Bob, on a new connection: authenticated, not in the group: blocked.
-	c2, _ := net.Dial("tcp", e.addr)
-	defer c2.Close()
-	c2.SetDeadline(time.Now().Add(10 * time.Second))
-	if code, _, _ := rawProxyGet(t, c2, bufio.NewReader(c2), "http://www.social.test:"+port+"/", "", "Proxy-Authorization: Negotiate ok:bob\r\n"); code != 403 {
+	c2, br2 := proxyConn(t, e)
+	if code, _, _ := rawProxyGet(t, c2, br2, "http://www.social.test:"+port+"/", "", "Proxy-Authorization: Negotiate ok:bob\r\n"); code != 403 {
 		t.Errorf("bob: %d, want 403", code)
 	}
 
@@ -211,10 +215,7 @@ func TestAuthRequestFormRecordsUser(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	c, _ := net.Dial("tcp", e.addr)
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(c)
+	c, br := proxyConn(t, e)
 	if code := post(c, br, ""); code != http.StatusProxyAuthRequired {
 		t.Fatalf("POST without credentials: %d, want 407", code)
 	}
@@ -239,13 +240,7 @@ func TestAuthTicketEndAsksAgain(t *testing.T) {
 		o.Auth = a
 		o.AuthClients = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 	})
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(c)
+	c, br := proxyConn(t, e)
 	url := "http://www.social.test:" + port + "/"
 	if code, _, _ := rawProxyGet(t, c, br, url, "", "Proxy-Authorization: Negotiate ending:alice\r\n"); code != 200 {
 		t.Fatalf("alice with a valid ticket: %d, want 200", code)
