@@ -121,20 +121,29 @@ func dnsRestartKeys(a, b config.DNSSection) []string {
 	return changedKeys(a, b, dnsRestartFields())
 }
 
-// changedKeys returns, sorted, the keys of fields (key → field name of
-// the section struct) whose values differ between sections a and b, of
-// the same struct type. Both front-ends' restart warnings use it, with
-// a test per section proving their field maps cover the struct.
+// changedKeys returns, sorted, the keys of fields (key → field of the
+// section struct, "Auth.Mode" for a field of a nested section) whose
+// values differ between sections a and b, of the same struct type. Both
+// front-ends' restart warnings use it, with a test per section proving
+// their field maps cover the struct.
 func changedKeys[S any](a, b S, fields map[string]string) []string {
 	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
 	var keys []string
 	for key, field := range fields {
-		if !reflect.DeepEqual(va.FieldByName(field).Interface(), vb.FieldByName(field).Interface()) {
+		if !reflect.DeepEqual(fieldAt(va, field).Interface(), fieldAt(vb, field).Interface()) {
 			keys = append(keys, key)
 		}
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// fieldAt returns the field of struct v at path ("Name" or "Name.Sub").
+func fieldAt(v reflect.Value, path string) reflect.Value {
+	for name := range strings.SplitSeq(path, ".") {
+		v = v.FieldByName(name)
+	}
+	return v
 }
 
 // dnsAccess copies the reloadable [dns] keys onto the filter's Access

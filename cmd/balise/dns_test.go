@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -80,7 +81,8 @@ func TestProxyReloadFieldsCoverSection(t *testing.T) {
 }
 
 // checkFieldsCover fails unless every field of the section struct typ is
-// in exactly one of restart and reload (key → field), or in derived.
+// in exactly one of restart and reload (key → field path), or in derived;
+// a nested section may instead have each of its own fields covered.
 func checkFieldsCover(t *testing.T, typ reflect.Type, restart, reload map[string]string, derived []string) {
 	t.Helper()
 	fields := map[string]string{}
@@ -96,15 +98,36 @@ func checkFieldsCover(t *testing.T, typ reflect.Type, restart, reload map[string
 	for _, f := range derived {
 		fields[f] = "derived"
 	}
-	for i := range typ.NumField() {
-		if _, ok := fields[typ.Field(i).Name]; !ok {
-			t.Errorf("config.%s.%s is neither reloadable nor in the restart warning", typ.Name(), typ.Field(i).Name)
+	var walk func(typ reflect.Type, prefix string)
+	walk = func(typ reflect.Type, prefix string) {
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			path := prefix + f.Name
+			if _, ok := fields[path]; ok {
+				delete(fields, path)
+				continue
+			}
+			if f.Type.Kind() == reflect.Struct && hasPrefixKey(fields, path+".") {
+				walk(f.Type, path+".")
+				continue
+			}
+			t.Errorf("config.%s field %s is neither reloadable nor in the restart warning", typ.Name(), path)
 		}
-		delete(fields, typ.Field(i).Name)
 	}
+	walk(typ, "")
 	for f, key := range fields {
 		t.Errorf("%s names field %s, which config.%s lacks", key, f, typ.Name())
 	}
+}
+
+// hasPrefixKey reports whether some key of m starts with prefix.
+func hasPrefixKey(m map[string]string, prefix string) bool {
+	for k := range m {
+		if strings.HasPrefix(k, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 func TestDNSRestartKeys(t *testing.T) {

@@ -150,14 +150,7 @@ func startProxy(ctx context.Context, rt *runtime) error {
 // only at the next restart: the listening addresses, the transparent
 // mode, and what the dialer and the HTTP servers were built with.
 func proxyRestartKeys(old, nc *config.Config) []string {
-	keys := changedKeys(old.Proxy, nc.Proxy, proxyRestartFields())
-	// [proxy.auth]: clients and challenge apply at once, the keytab is
-	// re-read; turning authentication on or off, or another service
-	// principal, waits for a restart.
-	a, b := old.Proxy.Auth, nc.Proxy.Auth
-	keys = append(keys, changedKeys(a, b, map[string]string{"proxy.auth.mode": "Mode", "proxy.auth.service_principal": "ServicePrincipal"})...)
-	slices.Sort(keys)
-	return keys
+	return changedKeys(old.Proxy, nc.Proxy, proxyRestartFields())
 }
 
 // proxyRestartFields maps each [proxy] key that applies only at start
@@ -175,6 +168,10 @@ func proxyRestartFields() map[string]string {
 		"proxy.idle_timeout":            "IdleTimeout",
 		"proxy.header_timeout":          "HeaderTimeout",
 		"proxy.max_header_bytes":        "MaxHeaderBytes",
+		// Turning authentication on or off, or another service
+		// principal, waits for a restart.
+		"proxy.auth.mode":              "Auth.Mode",
+		"proxy.auth.service_principal": "Auth.ServicePrincipal",
 	}
 }
 
@@ -200,7 +197,10 @@ func proxyReloadFields() map[string]string {
 		"proxy.deny_destinations":      "DenyDestinations",
 		"proxy.allow_destinations":     "AllowDestinations",
 		"proxy.tls":                    "TLS",
-		"proxy.auth":                   "Auth",
+		// Clients and challenge apply at once; the keytab is re-read.
+		"proxy.auth.clients":   "Auth.Clients",
+		"proxy.auth.challenge": "Auth.Challenge",
+		"proxy.auth.keytab":    "Auth.Keytab",
 	}
 }
 

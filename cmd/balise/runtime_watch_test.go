@@ -82,13 +82,16 @@ func TestProxyRestartKeys(t *testing.T) {
 	b := &config.Config{Proxy: a.Proxy}
 	b.Proxy.AllowedClients = nil
 	b.Proxy.PortalURL = "http://portal.example/"
+	b.Proxy.Auth.Clients = []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}
+	b.Proxy.Auth.Challenge = "always"
 	if keys := proxyRestartKeys(a, b); len(keys) != 0 {
 		t.Errorf("reloadable changes named as restart keys: %v", keys)
 	}
 	b.Proxy.Listen = []string{"0.0.0.0:3128"}
 	b.Proxy.TransparentMode = "tproxy"
 	b.Proxy.Resolver = "10.0.0.53:53"
-	if keys := proxyRestartKeys(a, b); !slices.Equal(keys, []string{"proxy.listen", "proxy.resolver", "proxy.transparent_mode"}) {
+	b.Proxy.Auth.Mode = "negotiate"
+	if keys := proxyRestartKeys(a, b); !slices.Equal(keys, []string{"proxy.auth.mode", "proxy.listen", "proxy.resolver", "proxy.transparent_mode"}) {
 		t.Errorf("proxyRestartKeys = %v", keys)
 	}
 }
