@@ -195,16 +195,10 @@ func (w *Web) serveBreak(rw http.ResponseWriter, r *http.Request) {
 			"Utilisez le bouton de la page de blocage.", "Use the button on the block page.")
 		return
 	}
-	addr, err := netip.ParseAddr(r.RemoteAddr)
-	if ap, err2 := netip.ParseAddrPort(r.RemoteAddr); err2 == nil {
-		addr, err = ap.Addr(), nil
-	}
-	if err != nil {
-		w.fail(rw, http.StatusBadRequest, "Poste inconnu", "Unknown workstation",
-			"L'adresse de votre poste est inconnue.", "Your workstation's address is unknown.")
+	addr, ok := w.clientOf(rw, r)
+	if !ok {
 		return
 	}
-	addr = addr.Unmap()
 	now := w.opt.Clock()
 	if !w.limits.allow(addr, now) {
 		rw.Header().Set("Retry-After", "60")
@@ -219,17 +213,7 @@ func (w *Web) serveBreak(rw http.ResponseWriter, r *http.Request) {
 			"Le formulaire envoyé est mal formé.", "The form sent is malformed.")
 		return
 	}
-	for k, v := range vals {
-		if !breakFields[k] || len(v) != 1 {
-			w.fail(rw, http.StatusBadRequest, "Formulaire invalide", "Invalid form",
-				"Le formulaire envoyé contient des champs inattendus.", "The form sent has unexpected fields.")
-			return
-		}
-	}
-	if err := w.opt.Tokens.Check(vals.Get("token"), addr, now); err != nil {
-		w.fail(rw, http.StatusForbidden, "Formulaire expiré", "Form expired",
-			"Ce formulaire a expiré ou ne vient pas de ce poste. Rechargez la page bloquée et recommencez.",
-			"This form has expired or was not issued to this workstation. Reload the blocked page and try again.")
+	if !w.checkForm(rw, vals, breakFields, addr, now) {
 		return
 	}
 	user := w.who(r.Context(), addr)

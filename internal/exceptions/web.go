@@ -321,16 +321,10 @@ func (w *Web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			"Utilisez le formulaire de la page de blocage.", "Use the form on the block page.")
 		return
 	}
-	client, err := netip.ParseAddrPort(r.RemoteAddr)
-	addr := client.Addr()
-	if err != nil {
-		if addr, err = netip.ParseAddr(r.RemoteAddr); err != nil {
-			w.fail(rw, http.StatusBadRequest, "Poste inconnu", "Unknown workstation",
-				"L'adresse de votre poste est inconnue.", "Your workstation's address is unknown.")
-			return
-		}
+	addr, ok := w.clientOf(rw, r)
+	if !ok {
+		return
 	}
-	addr = addr.Unmap()
 	if ct := r.Header.Get("Content-Type"); ct != "application/x-www-form-urlencoded" &&
 		!bytes.HasPrefix([]byte(ct), []byte("application/x-www-form-urlencoded;")) {
 		w.fail(rw, http.StatusUnsupportedMediaType, "Format refusé", "Unsupported format",
@@ -355,18 +349,8 @@ func (w *Web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			"Le formulaire envoyé est mal formé.", "The form sent is malformed.")
 		return
 	}
-	for k, v := range vals {
-		if !formFields[k] || len(v) != 1 {
-			w.fail(rw, http.StatusBadRequest, "Formulaire invalide", "Invalid form",
-				"Le formulaire envoyé contient des champs inattendus.", "The form sent has unexpected fields.")
-			return
-		}
-	}
 	now := w.opt.Clock()
-	if err := w.opt.Tokens.Check(vals.Get("token"), addr, now); err != nil {
-		w.fail(rw, http.StatusForbidden, "Formulaire expiré", "Form expired",
-			"Ce formulaire a expiré ou ne vient pas de ce poste. Rechargez la page bloquée et recommencez.",
-			"This form has expired or was not issued to this workstation. Reload the blocked page and try again.")
+	if !w.checkForm(rw, vals, formFields, addr, now) {
 		return
 	}
 	dur, err := ParseDuration(vals.Get("duration"))
@@ -431,3 +415,38 @@ var fieldLabelFR = map[string]string{"name": "Votre nom", "contact": "Pour vous 
 	"duration": "Durée", "service": "Service", "host": "Site", "client": "Poste", "user": "Utilisateur"}
 var fieldLabelEN = map[string]string{"name": "Your name", "contact": "How to reach you", "justification": "Why",
 	"duration": "Duration", "service": "Service", "host": "Site", "client": "Workstation", "user": "User"}
+
+// clientOf returns the client's address from r.RemoteAddr ("ip" or
+// "ip:port", as the proxy sets it), or answers 400 and false.
+func (w *Web) clientOf(rw http.ResponseWriter, r *http.Request) (netip.Addr, bool) {
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return ap.Addr().Unmap(), true
+	}
+	addr, err := netip.ParseAddr(r.RemoteAddr)
+	if err != nil {
+		w.fail(rw, http.StatusBadRequest, "Poste inconnu", "Unknown workstation",
+			"L'adresse de votre poste est inconnue.", "Your workstation's address is unknown.")
+		return netip.Addr{}, false
+	}
+	return addr.Unmap(), true
+}
+
+// checkForm accepts a posted form whose fields are all in allowed, once
+// each, and whose token was issued to addr and is still valid; otherwise
+// it answers (400 or 403) and returns false.
+func (w *Web) checkForm(rw http.ResponseWriter, vals url.Values, allowed map[string]bool, addr netip.Addr, now time.Time) bool {
+	for k, v := range vals {
+		if !allowed[k] || len(v) != 1 {
+			w.fail(rw, http.StatusBadRequest, "Formulaire invalide", "Invalid form",
+				"Le formulaire envoyé contient des champs inattendus.", "The form sent has unexpected fields.")
+			return false
+		}
+	}
+	if err := w.opt.Tokens.Check(vals.Get("token"), addr, now); err != nil {
+		w.fail(rw, http.StatusForbidden, "Formulaire expiré", "Form expired",
+			"Ce formulaire a expiré ou ne vient pas de ce poste. Rechargez la page bloquée et recommencez.",
+			"This form has expired or was not issued to this workstation. Reload the blocked page and try again.")
+		return false
+	}
+	return true
+}
