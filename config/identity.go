@@ -161,11 +161,15 @@ func (p *parser) directorySection(t *tbl) *DirectorySection {
 		p.keyErr("directory", "bind_dn and bind_password_file are required: Active Directory answers no anonymous search")
 	}
 	if c.BindPasswordFile != "" {
-		pw, err := readPasswordFile(c.BindPasswordFile)
-		if err != nil {
+		pw, err := ReadSecretFile(c.BindPasswordFile)
+		switch {
+		case err != nil:
 			p.valueErr("directory.bind_password_file", "%v", err)
+		case pw.IsZero():
+			// An empty password makes an LDAP simple bind anonymous.
+			p.valueErr("directory.bind_password_file", "%s is empty", c.BindPasswordFile)
 		}
-		c.BindPassword = Secret{pw}
+		c.BindPassword = pw
 	}
 	c.BaseDN = t.str("base_dn", "")
 	if strings.TrimSpace(c.BaseDN) == "" {
@@ -201,23 +205,20 @@ func (p *parser) positive(t *tbl, k string, def time.Duration) time.Duration {
 	return d
 }
 
-// readPasswordFile reads a one-line secret; a final "\n" or "\r\n" is
+// ReadSecretFile reads a secret kept alone on one line of a file (the
+// directory's and PostgreSQL's passwords); a final "\n" or "\r\n" is
 // ignored. The error never quotes the content.
-func readPasswordFile(path string) (string, error) {
+func ReadSecretFile(path string) (Secret, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("%s", errText(err))
+		return Secret{}, fmt.Errorf("%s", errText(err))
 	}
 	data = bytes.TrimSuffix(data, []byte("\n"))
 	data = bytes.TrimSuffix(data, []byte("\r"))
-	switch {
-	case len(data) == 0:
-		// An empty password makes an LDAP simple bind anonymous.
-		return "", fmt.Errorf("%s is empty", path)
-	case bytes.ContainsAny(data, "\r\n"):
-		return "", fmt.Errorf("%s holds more than one line (want the password alone)", path)
+	if bytes.ContainsAny(data, "\r\n") {
+		return Secret{}, fmt.Errorf("%s holds more than one line (want the password alone)", path)
 	}
-	return string(data), nil
+	return Secret{string(data)}, nil
 }
 
 // principalRE is a Kerberos service principal: SERVICE/host[@REALM].

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"strings"
 
 	"github.com/balise-net/balise/config"
 	"github.com/balise-net/balise/internal/exceptions"
@@ -35,15 +33,11 @@ func readPasswordFile(path string) (string, error) {
 	if path == "" {
 		return "", nil
 	}
-	data, err := os.ReadFile(path)
+	pw, err := config.ReadSecretFile(path)
 	if err != nil {
 		return "", fmt.Errorf("exceptions.store_password_file: %w", err)
 	}
-	pw := strings.TrimSuffix(strings.TrimSuffix(string(data), "\n"), "\r")
-	if strings.ContainsAny(pw, "\r\n") {
-		return "", fmt.Errorf("exceptions.store_password_file %s: the password must be on one line", path)
-	}
-	return pw, nil
+	return pw.Value(), nil
 }
 
 // storeName is the store for messages: the file, or the URL (which holds
