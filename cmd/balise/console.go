@@ -17,7 +17,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/balise-net/balise/internal/console"
-	"github.com/balise-net/balise/internal/directory"
 	"github.com/balise-net/balise/internal/exceptions"
 )
 
@@ -61,13 +60,13 @@ func startConsole(ctx context.Context, rt *runtime) error {
 			f()
 		}
 	}
-	if d := rt.cfg.Directory; d != nil {
-		dir, err := directory.New(directoryConfig(d))
-		if err != nil {
-			return fmt.Errorf("console: directory: %w", err)
+	if rt.identity != nil {
+		// The one directory client (startIdentity builds it whenever
+		// there is a [directory]): one connection, one cache, and the
+		// console's sign-ins in balise_directory_authentications_total.
+		if dir := rt.identity.Directory(); dir != nil {
+			opt.Directory = dir
 		}
-		closers = append(closers, func() { dir.Close() })
-		opt.Directory = dir
 	}
 	if cc.SMTPURL != "" {
 		m, err := console.NewMailer(console.MailerOptions{URL: cc.SMTPURL, Logger: rt.log})

@@ -139,6 +139,10 @@ func (s *Service) LogName(user string) string {
 	return s.pseudonyms.Name(user)
 }
 
+// Directory returns the directory client (nil without a [directory]),
+// for the officer console's sign-in.
+func (s *Service) Directory() *directory.Directory { return s.dir }
+
 // Bindings returns the address bindings the service keeps.
 func (s *Service) Bindings() *Bindings { return s.bindings }
 
