@@ -218,7 +218,7 @@ func (f *Filter) decide(pl *policy.Policy, host string, client netip.Addr, now t
 		q := policy.Query{Host: host, Client: client, Time: now, CNAMETarget: cname}
 		d := pl.Decide(q)
 		if !d.Invalid {
-			if d.Listed() && f.s.Identity != nil && pl.IdentityMatters(host, now) {
+			if d.Listed() && f.s.Identity != nil && pl.IdentityMattersFor(d, now) {
 				if user, groups, ok := f.s.Identity(client, now); ok {
 					q.User, q.Groups = user, groups
 					d = pl.Decide(q)

@@ -73,7 +73,7 @@ func (p *Proxy) needsIdentity(s *settings, pol *policy.Policy, client netip.Addr
 	if s.AuthAlways {
 		return true
 	}
-	return d.Verdict == policy.Block && pol.IdentityMatters(host, now)
+	return d.Verdict == policy.Block && pol.IdentityMattersFor(d, now)
 }
 
 // identify decides host again for the person behind an explicit-proxy

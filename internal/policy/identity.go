@@ -13,12 +13,27 @@ import "time"
 // the rest of the browsing is never tied to a person. It does not read a
 // clock and never allocates for ASCII host names.
 func (p *Policy) IdentityMatters(host string, t time.Time) bool {
-	c := p.c
 	var buf hostBuf
-	svc, ok := c.decidedService(&buf, host, false)
-	if !ok {
+	svc, ok := p.c.decidedService(&buf, host, false)
+	return ok && p.identityMatters(svc, t)
+}
+
+// IdentityMattersFor is IdentityMatters for the host d was just decided
+// on (by this policy), without classifying the host again: the front-ends
+// ask it right after Decide.
+func (p *Policy) IdentityMattersFor(d Decision, t time.Time) bool {
+	switch d.Reason {
+	case ReasonRule, ReasonDefault, ReasonGrant, ReasonCredit:
+	default:
 		return false
 	}
+	svc, ok := p.c.byID[d.Service]
+	return ok && !d.IP && p.identityMatters(svc, t)
+}
+
+// identityMatters is IdentityMatters for the service of index svc.
+func (p *Policy) identityMatters(svc int, t time.Time) bool {
+	c := p.c
 	if c.svcIdentity[svc] {
 		return true
 	}

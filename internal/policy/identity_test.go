@@ -111,6 +111,10 @@ func TestIdentityMatters(t *testing.T) {
 		if got := p.IdentityMatters(host, tm); got != want {
 			t.Errorf("%s: IdentityMatters(%q, %v) = %v, want %v", name, host, tm, got, want)
 		}
+		// The front-ends' form, from the decision just taken, agrees.
+		if got := p.IdentityMattersFor(p.Decide(Query{Host: host, Time: tm}), tm); got != want {
+			t.Errorf("%s: IdentityMattersFor(Decide(%q)) = %v, want %v", name, host, got, want)
+		}
 	}
 	for _, tc := range []struct {
 		host string
@@ -166,8 +170,15 @@ func TestIdentityMatters(t *testing.T) {
 		if g.IdentityMatters(h, now) && d.Reason != ReasonRule && d.Reason != ReasonDefault && d.Reason != ReasonGrant {
 			t.Errorf("IdentityMatters(%q) true for a %v decision", h, d.Reason)
 		}
+		if g.IdentityMattersFor(d, now) != g.IdentityMatters(h, now) {
+			t.Errorf("IdentityMattersFor(Decide(%q)) disagrees with IdentityMatters", h)
+		}
 	}
 	if n := testing.AllocsPerRun(100, func() { g.IdentityMatters("www.facebook.com", now) }); n != 0 {
 		t.Errorf("IdentityMatters allocates %v times", n)
+	}
+	fb := g.Decide(Query{Host: "www.facebook.com", Time: now})
+	if n := testing.AllocsPerRun(100, func() { g.IdentityMattersFor(fb, now) }); n != 0 {
+		t.Errorf("IdentityMattersFor allocates %v times", n)
 	}
 }
